@@ -1,1 +1,51 @@
-int main() { return 0; }
+// haven: one binary, subcommands. `haven server` runs a node; the others are clients of its API.
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "base/log.h"
+#include "cli/client_commands.h"
+#include "node/server.h"
+
+int main(int argc, char** argv) {
+  haven::log::Init();
+  CLI::App app{"haven: a service registry, failover proxy and message queue in one binary"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global flags (--addr, --log-level) may also follow the subcommand
+  app.set_version_flag("--version", "haven 0.1.0");
+
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+
+  haven::node::ServerOptions server_opts;
+  auto* server = app.add_subcommand("server", "Run a haven node (single node, durable)");
+  server->add_option("--data-dir", server_opts.data_dir, "Data directory")->capture_default_str();
+  server->add_option("--http", server_opts.http, "HTTP API address HOST:PORT (port 0: ephemeral)")
+      ->capture_default_str();
+  server->add_option("--node-name", server_opts.node_name, "Node name (default: the host name)");
+  server->add_option("--advertise", server_opts.advertise_address,
+                     "Address other nodes and clients see (default: the HTTP host)");
+  server->add_option("--snapshot-every", server_opts.snapshot_every_entries,
+                     "Log entries between two snapshots")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{100}, uint64_t{100'000'000}));
+  server->add_option("--max-connections", server_opts.max_connections,
+                     "Open HTTP connections at most")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
+
+  haven::cli::ClientOptions client_opts;
+  const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");
+  if (env_addr && *env_addr) client_opts.addr = env_addr;
+  haven::cli::AddClientCommands(app, client_opts);
+
+  CLI11_PARSE(app, argc, argv);
+  if (!haven::log::SetLevel(log_level)) {
+    std::cerr << "haven: unknown --log-level \"" << log_level << "\"\n";
+    return 2;
+  }
+  if (server->parsed()) return haven::node::RunServer(server_opts);
+  return haven::cli::RunClientCommand(app, client_opts);
+}

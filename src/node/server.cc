@@ -1,0 +1,115 @@
+#include "node/server.h"
+
+#include <csignal>
+#include <filesystem>
+#include <unistd.h>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "net/http_server.h"
+#include "net/io_runtime.h"
+#include "node/consul_api.h"
+#include "node/registry_node.h"
+#include "storage/log_store.h"
+
+namespace haven::node {
+
+namespace {
+
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+};
+
+Result<HostPort> ParseHostPort(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Status::InvalidArgument("expected HOST:PORT, got \"" + s + "\"");
+  }
+  std::string port = s.substr(colon + 1);
+  char* end = nullptr;
+  long p = std::strtol(port.c_str(), &end, 10);
+  if (port.empty() || *end != '\0' || p < 0 || p > 65535) {
+    return Status::InvalidArgument("invalid port in \"" + s + "\"");
+  }
+  return HostPort{s.substr(0, colon), static_cast<uint16_t>(p)};
+}
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "haven";
+  return buf;
+}
+
+}  // namespace
+
+int RunServer(const ServerOptions& opts) {
+  auto http = ParseHostPort(opts.http);
+  if (!http.ok()) {
+    HLOG_ERROR("bad_flag", "flag=--http error=\"{}\"", http.status().message());
+    return 2;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(opts.data_dir, ec);
+  if (ec) {
+    HLOG_ERROR("data_dir_failed", "dir={} error=\"{}\"", opts.data_dir, ec.message());
+    return 1;
+  }
+  // Block the shutdown signals before any thread starts, so every thread inherits the mask and
+  // the main thread alone takes them with sigwait: a signal during start-up is not lost.
+  sigset_t shutdown_signals;
+  sigemptyset(&shutdown_signals);
+  sigaddset(&shutdown_signals, SIGINT);
+  sigaddset(&shutdown_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
+
+  auto store = storage::OpenRocksLogStore(opts.data_dir + "/raft");
+  if (!store.ok()) {
+    HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir, store.status().message());
+    return 1;
+  }
+
+  SystemClock clock;
+  net::IoRuntime io(1);  // one executor thread: the registry state needs no locks
+  RegistryNodeOptions node_opts;
+  node_opts.node_name = opts.node_name.empty() ? HostName() : opts.node_name;
+  node_opts.advertise_address = opts.advertise_address.empty() ? http->host : opts.advertise_address;
+  node_opts.snapshot_every_entries = opts.snapshot_every_entries;
+  RegistryNode node(node_opts, io, **store, clock);
+  if (Status s = node.Recover(); !s.ok()) {
+    HLOG_ERROR("recover_failed", "dir={} error=\"{}\"", opts.data_dir, s.ToString());
+    return 1;
+  }
+
+  net::HttpServerOptions http_opts;
+  http_opts.host = http->host;
+  http_opts.port = http->port;
+  http_opts.max_connections = opts.max_connections;
+  // Longer than the longest blocking query (10 min + jitter), so the idle timer never cuts one.
+  http_opts.idle_timeout_ms = 11 * 60 * 1000;
+  ConsulApiOptions api_opts;
+  api_opts.http_address = opts.http;
+  auto api = std::make_unique<ConsulApi>(node, api_opts);
+  net::HttpServer server(io, http_opts, [&api](net::HttpRequest req, net::Responder respond) {
+    api->Handle(std::move(req), std::move(respond));
+  });
+  if (Status s = server.Start(); !s.ok()) {
+    HLOG_ERROR("listen_failed", "http={} error=\"{}\"", opts.http, s.ToString());
+    return 1;
+  }
+  io.Start();
+  node.Start();
+  HLOG_INFO("listening", "http={} node={} data_dir={}", server.address(), node_opts.node_name,
+            opts.data_dir);
+
+  int sig = 0;
+  sigwait(&shutdown_signals, &sig);
+  HLOG_INFO("shutting_down", "signal={}", sig);
+  server.Stop();
+  node.Stop();
+  io.Stop();
+  HLOG_INFO("stopped", "applied_index={}", node.state().last_applied());
+  return 0;
+}
+
+}  // namespace haven::node

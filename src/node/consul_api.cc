@@ -1,0 +1,612 @@
+#include "node/consul_api.h"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include "base/duration.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "node/consul_json.h"
+
+namespace haven::node {
+
+namespace pb = registry::pb;
+namespace json = boost::json;
+using registry::Table;
+using net::HttpRequest;
+using net::HttpResponse;
+using net::Responder;
+
+namespace {
+
+constexpr const char* kVersion = "1.15.0";  // the Consul API version whose behaviour we follow
+
+int HttpCode(const Status& s) {
+  switch (s.code()) {
+    case Code::kOk: return 200;
+    case Code::kInvalidArgument: return 400;
+    case Code::kPermissionDenied: return 403;
+    case Code::kNotFound: return 404;
+    case Code::kMethodNotAllowed: return 405;
+    case Code::kConflict: return 409;
+    case Code::kTooLarge: return 413;
+    case Code::kUnavailable: return 503;
+    case Code::kIoError:
+    case Code::kInternal: return 500;
+  }
+  return 500;
+}
+
+HttpResponse Text(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.content_type = "text/plain; charset=utf-8";
+  if (!body.empty() && body.back() != '\n') body += '\n';
+  r.body = std::move(body);
+  return r;
+}
+
+HttpResponse Error(const Status& s) { return Text(HttpCode(s), s.message()); }
+
+HttpResponse Json(const json::value& v, uint64_t index = 0) {
+  HttpResponse r;
+  r.body = consul::ToJson(v);
+  if (index > 0) {
+    r.headers.emplace_back("X-Consul-Index", std::to_string(index));
+    r.headers.emplace_back("X-Consul-KnownLeader", "true");
+    r.headers.emplace_back("X-Consul-LastContact", "0");
+  }
+  return r;
+}
+
+HttpResponse Bool(bool v) { return Json(json::value(v)); }
+
+// Consul never answers index 0: clients would treat it as "no blocking" and spin.
+uint64_t ClientIndex(uint64_t index) { return std::max<uint64_t>(index, 1); }
+
+std::vector<std::string> QueryAll(const HttpRequest& req, std::string_view name) {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : req.query) {
+    if (k == name) out.push_back(v);
+  }
+  return out;
+}
+
+Result<uint64_t> QueryUint(const HttpRequest& req, std::string_view name, uint64_t dflt) {
+  const std::string* v = req.Query(name);
+  if (!v || v->empty()) return dflt;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long n = std::strtoull(v->c_str(), &end, 10);
+  if (*end != '\0' || errno != 0 || (*v)[0] == '-') {
+    return Status::InvalidArgument(fmt::format("Invalid {} \"{}\": expected an unsigned integer",
+                                               name, *v));
+  }
+  return static_cast<uint64_t>(n);
+}
+
+std::string NewUuid() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  uint64_t a = rng(), b = rng();
+  a = (a & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+  b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 1
+  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff,
+                     a & 0xffff, b >> 48, b & 0xffffffffffffULL);
+}
+
+bool AllPassing(const std::vector<const pb::Check*>& checks) {
+  return std::all_of(checks.begin(), checks.end(),
+                     [](const pb::Check* c) { return c->status() == "passing"; });
+}
+
+}  // namespace
+
+ConsulApi::ConsulApi(RegistryNode& node, ConsulApiOptions opts)
+    : node_(node), opts_(std::move(opts)) {
+  routes_ = {
+      {"GET", "/v1/agent/services", &ConsulApi::AgentServices},
+      {"GET", "/v1/agent/checks", &ConsulApi::AgentChecks},
+      {"GET", "/v1/agent/self", &ConsulApi::AgentSelf},
+      {"GET", "/v1/agent/members", &ConsulApi::AgentMembers},
+      {"PUT", "/v1/agent/service/register", &ConsulApi::AgentServiceRegister},
+      {"PUT", "/v1/agent/service/deregister/", &ConsulApi::AgentServiceDeregister},
+      {"PUT", "/v1/agent/check/pass/", &ConsulApi::AgentCheckPass},
+      {"PUT", "/v1/agent/check/warn/", &ConsulApi::AgentCheckWarn},
+      {"PUT", "/v1/agent/check/fail/", &ConsulApi::AgentCheckFail},
+      {"PUT", "/v1/agent/check/update/", &ConsulApi::AgentCheckUpdate},
+      {"GET", "/v1/agent/metrics", &ConsulApi::Metrics},
+      {"GET", "/v1/catalog/services", &ConsulApi::CatalogServices},
+      {"GET", "/v1/catalog/service/", &ConsulApi::CatalogService},
+      {"GET", "/v1/catalog/nodes", &ConsulApi::CatalogNodes},
+      {"GET", "/v1/catalog/node/", &ConsulApi::CatalogNode},
+      {"PUT", "/v1/catalog/register", &ConsulApi::CatalogRegister},
+      {"PUT", "/v1/catalog/deregister", &ConsulApi::CatalogDeregister},
+      {"GET", "/v1/health/service/", &ConsulApi::HealthService},
+      {"GET", "/v1/health/checks/", &ConsulApi::HealthChecks},
+      {"GET", "/v1/health/state/", &ConsulApi::HealthState},
+      {"GET", "/v1/health/node/", &ConsulApi::HealthNode},
+      {"GET", "/v1/kv/", &ConsulApi::KvGet},
+      {"PUT", "/v1/kv/", &ConsulApi::KvPut},
+      {"DELETE", "/v1/kv/", &ConsulApi::KvDelete},
+      {"PUT", "/v1/session/create", &ConsulApi::SessionCreate},
+      {"PUT", "/v1/session/destroy/", &ConsulApi::SessionDestroy},
+      {"PUT", "/v1/session/renew/", &ConsulApi::SessionRenew},
+      {"GET", "/v1/session/info/", &ConsulApi::SessionInfo},
+      {"GET", "/v1/session/list", &ConsulApi::SessionList},
+      {"GET", "/v1/session/node/", &ConsulApi::SessionNode},
+      {"GET", "/v1/status/leader", &ConsulApi::StatusLeader},
+      {"GET", "/v1/status/peers", &ConsulApi::StatusPeers},
+      {"GET", "/metrics", &ConsulApi::Metrics},
+  };
+}
+
+void ConsulApi::Handle(HttpRequest req, Responder respond) {
+  const Route* match = nullptr;
+  bool path_known = false;
+  std::string tail;
+  // Consul accepts POST wherever it takes PUT.
+  std::string method = req.method == "POST" ? "PUT" : req.method;
+  if (method == "HEAD") method = "GET";
+  for (const auto& r : routes_) {
+    bool prefix = r.path.back() == '/';
+    bool hit = prefix ? req.path.rfind(r.path, 0) == 0 : req.path == r.path;
+    if (!hit) continue;
+    path_known = true;
+    if (r.method == method) {
+      match = &r;
+      tail = prefix ? req.path.substr(r.path.size()) : "";
+      break;
+    }
+  }
+  std::string endpoint = match ? match->path : (path_known ? "method_not_allowed" : "not_found");
+  auto start = std::chrono::steady_clock::now();
+  Responder timed = [respond = std::move(respond), endpoint, start](HttpResponse r) {
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    auto& reg = metrics::Registry::Default();
+    reg.GetCounter("haven_http_requests_total", "HTTP requests by endpoint and status",
+                   {{"endpoint", endpoint}, {"code", std::to_string(r.status)}})
+        .Inc();
+    reg.GetHistogram("haven_http_request_duration_seconds",
+                     "HTTP request latency by endpoint (blocking queries include their wait)",
+                     {{"endpoint", endpoint}})
+        .Observe(secs);
+    respond(std::move(r));
+  };
+  if (!match) {
+    timed(path_known ? Text(405, "method " + req.method + " not allowed on " + req.path)
+                     : Text(404, "no such endpoint: " + req.path));
+    return;
+  }
+  (this->*(match->handler))(req, tail, timed);
+}
+
+// ---------------------------------------------------------------- helpers
+
+void ConsulApi::Blocking(const HttpRequest& req, Responder& respond, std::vector<Table> tables,
+                         IndexFn index_fn, RenderFn render) {
+  auto min_index = QueryUint(req, "index", 0);
+  if (!min_index.ok()) return respond(Error(min_index.status()));
+  int64_t wait_ms = opts_.default_wait_ms;
+  if (const std::string* w = req.Query("wait"); w && !w->empty()) {
+    auto parsed = ParseDurationMs(*w);
+    if (!parsed.ok() || *parsed < 0) {
+      return respond(Text(400, "Invalid wait time \"" + *w + "\""));
+    }
+    wait_ms = std::min(*parsed, opts_.max_wait_ms);
+  }
+  if (*min_index == 0 || index_fn() > *min_index) return respond(render());
+  // Consul's jitter: up to wait/16 more, so that many watchers do not all return at once.
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  wait_ms += wait_ms / 16 > 0 ? static_cast<int64_t>(rng() % (wait_ms / 16)) : 0;
+  node_.watches().Park(tables, *min_index, std::move(index_fn), wait_ms,
+                       [respond, render = std::move(render)] { respond(render()); });
+}
+
+void ConsulApi::ProposeAndReply(pb::Command cmd, Responder& respond,
+                                std::function<HttpResponse(const registry::ApplyResult&)> on_ok) {
+  node_.Propose(std::move(cmd), [respond, on_ok = std::move(on_ok)](
+                                    Result<registry::ApplyResult> r) {
+    if (!r.ok()) return respond(Error(r.status()));
+    respond(on_ok ? on_ok(*r) : Bool(r->success));
+  });
+}
+
+// ---------------------------------------------------------------- agent
+
+void ConsulApi::AgentServices(const HttpRequest&, const std::string&, Responder& respond) {
+  json::object out;
+  for (const auto* s : node_.state().NodeServices(node_.node_name())) {
+    out[s->id()] = consul::AgentService(*s);
+  }
+  respond(Json(out));
+}
+
+void ConsulApi::AgentChecks(const HttpRequest&, const std::string&, Responder& respond) {
+  json::object out;
+  for (const auto* c : node_.state().NodeChecks(node_.node_name())) {
+    if (c->id() == "serfHealth") continue;  // a cluster check, not an agent check
+    out[c->id()] = consul::HealthCheck(*c);
+  }
+  respond(Json(out));
+}
+
+void ConsulApi::AgentSelf(const HttpRequest&, const std::string&, Responder& respond) {
+  json::object config{{"Datacenter", "dc1"},     {"NodeName", node_.node_name()},
+                      {"NodeID", ""},            {"Server", true},
+                      {"Revision", "haven"},     {"Version", kVersion},
+                      {"PrimaryDatacenter", "dc1"}};
+  json::object member{{"Name", node_.node_name()}, {"Addr", node_.advertise_address()},
+                      {"Port", 8301},              {"Status", 1},
+                      {"Tags", json::object{{"role", "consul"}, {"dc", "dc1"}}}};
+  respond(Json(json::object{{"Config", config}, {"Member", member}, {"Meta", json::object{}}}));
+}
+
+void ConsulApi::AgentMembers(const HttpRequest&, const std::string&, Responder& respond) {
+  json::object member{{"Name", node_.node_name()}, {"Addr", node_.advertise_address()},
+                      {"Port", 8301},              {"Status", 1},
+                      {"Tags", json::object{{"role", "consul"}, {"dc", "dc1"}}}};
+  respond(Json(json::array{member}));
+}
+
+void ConsulApi::AgentServiceRegister(const HttpRequest& req, const std::string&,
+                                     Responder& respond) {
+  auto reg = consul::ParseAgentServiceRegister(req.body, node_.node_name());
+  if (!reg.ok()) return respond(Error(reg.status()));
+  pb::Command cmd;
+  auto* rs = cmd.mutable_register_service();
+  rs->mutable_node()->set_name(node_.node_name());
+  rs->mutable_node()->set_address(node_.advertise_address());
+  *rs->mutable_service() = std::move(reg->service);
+  for (auto& c : reg->checks) *rs->add_checks() = std::move(c);
+  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
+}
+
+void ConsulApi::AgentServiceDeregister(const HttpRequest&, const std::string& id,
+                                       Responder& respond) {
+  if (id.empty()) return respond(Text(400, "Missing service ID"));
+  pb::Command cmd;
+  cmd.mutable_deregister()->set_node(node_.node_name());
+  cmd.mutable_deregister()->set_service_id(id);
+  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
+}
+
+void ConsulApi::TtlUpdate(const std::string& check_id, const std::string& status,
+                          const std::string& note, Responder& respond) {
+  if (check_id.empty()) return respond(Text(400, "Missing check ID"));
+  node_.UpdateTtl(check_id, status, note, [respond](Status s) {
+    respond(s.ok() ? Text(200, "") : Error(s));
+  });
+}
+
+void ConsulApi::AgentCheckPass(const HttpRequest& req, const std::string& id, Responder& r) {
+  const std::string* note = req.Query("note");
+  TtlUpdate(id, "passing", note ? *note : "", r);
+}
+
+void ConsulApi::AgentCheckWarn(const HttpRequest& req, const std::string& id, Responder& r) {
+  const std::string* note = req.Query("note");
+  TtlUpdate(id, "warning", note ? *note : "", r);
+}
+
+void ConsulApi::AgentCheckFail(const HttpRequest& req, const std::string& id, Responder& r) {
+  const std::string* note = req.Query("note");
+  TtlUpdate(id, "critical", note ? *note : "", r);
+}
+
+void ConsulApi::AgentCheckUpdate(const HttpRequest& req, const std::string& id, Responder& r) {
+  auto upd = consul::ParseCheckUpdate(req.body);
+  if (!upd.ok()) return r(Error(upd.status()));
+  TtlUpdate(id, upd->status, upd->output, r);
+}
+
+// ---------------------------------------------------------------- catalog
+
+void ConsulApi::CatalogServices(const HttpRequest& req, const std::string&, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kServices}, [&sm] { return sm.TableIndex(Table::kServices); },
+      [&sm] {
+        json::object out;
+        for (const auto& [name, tags] : sm.ServiceNames()) {
+          json::array arr;
+          for (const auto& t : tags) arr.emplace_back(t);
+          out[name] = std::move(arr);
+        }
+        return Json(out, ClientIndex(sm.TableIndex(Table::kServices)));
+      });
+}
+
+void ConsulApi::CatalogService(const HttpRequest& req, const std::string& name,
+                               Responder& respond) {
+  if (name.empty()) return respond(Text(400, "Missing service name"));
+  const auto& sm = node_.state();
+  auto tags = QueryAll(req, "tag");
+  auto index = [&sm] { return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes)); };
+  Blocking(req, respond, {Table::kServices, Table::kNodes}, index, [&sm, name, tags, index] {
+    json::array out;
+    for (const auto* s : sm.ServiceInstances(name, tags)) {
+      if (const auto* n = sm.GetNode(s->node())) out.push_back(consul::CatalogService(*n, *s));
+    }
+    return Json(out, ClientIndex(index()));
+  });
+}
+
+void ConsulApi::CatalogNodes(const HttpRequest& req, const std::string&, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kNodes}, [&sm] { return sm.TableIndex(Table::kNodes); },
+      [&sm] {
+        json::array out;
+        for (const auto* n : sm.Nodes()) out.push_back(consul::CatalogNode(*n));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kNodes)));
+      });
+}
+
+void ConsulApi::CatalogNode(const HttpRequest& req, const std::string& name, Responder& respond) {
+  const auto& sm = node_.state();
+  auto index = [&sm] { return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes)); };
+  Blocking(req, respond, {Table::kServices, Table::kNodes}, index, [&sm, name, index] {
+    const auto* n = sm.GetNode(name);
+    if (!n) return Json(nullptr, ClientIndex(index()));
+    json::object services;
+    for (const auto* s : sm.NodeServices(name)) services[s->id()] = consul::AgentService(*s);
+    return Json(json::object{{"Node", consul::CatalogNode(*n)}, {"Services", services}},
+                ClientIndex(index()));
+  });
+}
+
+void ConsulApi::CatalogRegister(const HttpRequest& req, const std::string&, Responder& respond) {
+  auto cmd = consul::ParseCatalogRegister(req.body);
+  if (!cmd.ok()) return respond(Error(cmd.status()));
+  ProposeAndReply(std::move(*cmd), respond, [](const auto&) { return Bool(true); });
+}
+
+void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&,
+                                  Responder& respond) {
+  auto dereg = consul::ParseCatalogDeregister(req.body);
+  if (!dereg.ok()) return respond(Error(dereg.status()));
+  pb::Command cmd;
+  *cmd.mutable_deregister() = std::move(*dereg);
+  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Bool(true); });
+}
+
+// ---------------------------------------------------------------- health
+
+void ConsulApi::HealthService(const HttpRequest& req, const std::string& name,
+                              Responder& respond) {
+  if (name.empty()) return respond(Text(400, "Missing service name"));
+  const auto& sm = node_.state();
+  auto tags = QueryAll(req, "tag");
+  bool passing_only = req.HasQuery("passing") && *req.Query("passing") != "false";
+  auto index = [&sm] {
+    return std::max({sm.TableIndex(Table::kServices), sm.TableIndex(Table::kChecks),
+                     sm.TableIndex(Table::kNodes)});
+  };
+  Blocking(req, respond, {Table::kServices, Table::kChecks, Table::kNodes}, index,
+           [&sm, name, tags, passing_only, index] {
+             json::array out;
+             for (const auto* s : sm.ServiceInstances(name, tags)) {
+               const auto* n = sm.GetNode(s->node());
+               if (!n) continue;
+               std::vector<const pb::Check*> checks;
+               for (const auto* c : sm.NodeChecks(s->node())) {
+                 if (c->service_id().empty() || c->service_id() == s->id()) checks.push_back(c);
+               }
+               if (passing_only && !AllPassing(checks)) continue;
+               out.push_back(consul::HealthServiceEntry(*n, *s, checks));
+             }
+             return Json(out, ClientIndex(index()));
+           });
+}
+
+void ConsulApi::HealthChecks(const HttpRequest& req, const std::string& name, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kChecks}, [&sm] { return sm.TableIndex(Table::kChecks); },
+      [&sm, name] {
+        json::array out;
+        for (const auto* c : sm.ChecksOfServiceName(name)) out.push_back(consul::HealthCheck(*c));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kChecks)));
+      });
+}
+
+void ConsulApi::HealthState(const HttpRequest& req, const std::string& state, Responder& respond) {
+  if (state != "any" && state != "passing" && state != "warning" && state != "critical") {
+    return respond(Text(400, "Invalid state \"" + state +
+                                 "\": expected any, passing, warning or critical"));
+  }
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kChecks}, [&sm] { return sm.TableIndex(Table::kChecks); },
+      [&sm, state] {
+        json::array out;
+        for (const auto* c : sm.ChecksInState(state)) out.push_back(consul::HealthCheck(*c));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kChecks)));
+      });
+}
+
+void ConsulApi::HealthNode(const HttpRequest& req, const std::string& node, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kChecks}, [&sm] { return sm.TableIndex(Table::kChecks); },
+      [&sm, node] {
+        json::array out;
+        for (const auto* c : sm.NodeChecks(node)) out.push_back(consul::HealthCheck(*c));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kChecks)));
+      });
+}
+
+// ---------------------------------------------------------------- kv
+
+void ConsulApi::KvGet(const HttpRequest& req, const std::string& key, Responder& respond) {
+  const auto& sm = node_.state();
+  bool keys = req.HasQuery("keys");
+  bool recurse = req.HasQuery("recurse") || keys;
+  bool raw = req.HasQuery("raw");
+  const std::string* sep_q = req.Query("separator");
+  std::string sep = sep_q ? *sep_q : "";
+  if (!recurse && key.empty()) return respond(Text(400, "Missing key name"));
+  auto index = [&sm, key, recurse] { return sm.KVQueryIndex(key, recurse); };
+  Blocking(req, respond, {Table::kKV}, index, [&sm, key, keys, recurse, raw, sep, index] {
+    uint64_t idx = ClientIndex(index());
+    HttpResponse r;
+    if (keys) {
+      json::array out;
+      for (const auto& k : sm.KeysKV(key, sep)) out.emplace_back(k);
+      r = out.empty() ? Text(404, "") : Json(out, idx);
+    } else if (recurse) {
+      json::array out;
+      for (const auto* e : sm.ListKV(key)) out.push_back(consul::KVEntry(*e));
+      r = out.empty() ? Text(404, "") : Json(out, idx);
+    } else if (const auto* e = sm.GetKV(key)) {
+      if (raw) {
+        r.content_type = "application/octet-stream";
+        r.body = e->value();
+      } else {
+        r = Json(json::array{consul::KVEntry(*e)}, idx);
+      }
+    } else {
+      r = Text(404, "");
+    }
+    if (r.headers.empty()) r.headers.emplace_back("X-Consul-Index", std::to_string(idx));
+    if (r.status == 404) r.body.clear();
+    return r;
+  });
+}
+
+void ConsulApi::KvPut(const HttpRequest& req, const std::string& key, Responder& respond) {
+  if (key.empty()) return respond(Text(400, "Missing key name"));
+  if (req.body.size() > opts_.max_kv_value_bytes) {
+    return respond(Text(413, fmt::format("Value exceeds {} byte limit ({} bytes)",
+                                         opts_.max_kv_value_bytes, req.body.size())));
+  }
+  auto flags = QueryUint(req, "flags", 0);
+  if (!flags.ok()) return respond(Error(flags.status()));
+  pb::Command cmd;
+  auto* op = cmd.mutable_kv();
+  op->set_key(key);
+  op->set_value(req.body);
+  op->set_flags(*flags);
+  const std::string* acquire = req.Query("acquire");
+  const std::string* release = req.Query("release");
+  if (acquire && release) return respond(Text(400, "Conflicting flags: acquire and release"));
+  if (acquire) {
+    op->set_verb(pb::KVOp::LOCK);
+    op->set_session(*acquire);
+  } else if (release) {
+    op->set_verb(pb::KVOp::UNLOCK);
+    op->set_session(*release);
+  } else if (req.HasQuery("cas")) {
+    auto cas = QueryUint(req, "cas", 0);
+    if (!cas.ok()) return respond(Error(cas.status()));
+    op->set_verb(pb::KVOp::CAS);
+    op->set_cas_index(*cas);
+  } else {
+    op->set_verb(pb::KVOp::SET);
+  }
+  ProposeAndReply(std::move(cmd), respond);
+}
+
+void ConsulApi::KvDelete(const HttpRequest& req, const std::string& key, Responder& respond) {
+  bool recurse = req.HasQuery("recurse");
+  if (key.empty() && !recurse) return respond(Text(400, "Missing key name"));
+  pb::Command cmd;
+  auto* op = cmd.mutable_kv();
+  op->set_key(key);
+  if (recurse) {
+    op->set_verb(pb::KVOp::DELETE_TREE);
+  } else if (req.HasQuery("cas")) {
+    auto cas = QueryUint(req, "cas", 0);
+    if (!cas.ok()) return respond(Error(cas.status()));
+    op->set_verb(pb::KVOp::DELETE_CAS);
+    op->set_cas_index(*cas);
+  } else {
+    op->set_verb(pb::KVOp::DELETE);
+  }
+  ProposeAndReply(std::move(cmd), respond);
+}
+
+// ---------------------------------------------------------------- session
+
+void ConsulApi::SessionCreate(const HttpRequest& req, const std::string&, Responder& respond) {
+  auto session = consul::ParseSessionCreate(req.body, node_.node_name());
+  if (!session.ok()) return respond(Error(session.status()));
+  std::string id = NewUuid();
+  session->set_id(id);
+  pb::Command cmd;
+  *cmd.mutable_session_create()->mutable_session() = std::move(*session);
+  ProposeAndReply(std::move(cmd), respond,
+                  [id](const auto&) { return Json(json::object{{"ID", id}}); });
+}
+
+void ConsulApi::SessionDestroy(const HttpRequest&, const std::string& id, Responder& respond) {
+  if (id.empty()) return respond(Text(400, "Missing session"));
+  pb::Command cmd;
+  cmd.mutable_session_destroy()->set_id(id);
+  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Bool(true); });
+}
+
+void ConsulApi::SessionRenew(const HttpRequest&, const std::string& id, Responder& respond) {
+  if (id.empty()) return respond(Text(400, "Missing session"));
+  Status s = node_.RenewSession(id);
+  if (!s.ok()) return respond(Error(s));
+  const auto* session = node_.state().GetSession(id);
+  respond(Json(json::array{consul::Session(*session)},
+               ClientIndex(node_.state().TableIndex(Table::kSessions))));
+}
+
+void ConsulApi::SessionInfo(const HttpRequest& req, const std::string& id, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kSessions}, [&sm] { return sm.TableIndex(Table::kSessions); },
+      [&sm, id] {
+        json::array out;
+        if (const auto* s = sm.GetSession(id)) out.push_back(consul::Session(*s));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kSessions)));
+      });
+}
+
+void ConsulApi::SessionList(const HttpRequest& req, const std::string&, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kSessions}, [&sm] { return sm.TableIndex(Table::kSessions); },
+      [&sm] {
+        json::array out;
+        for (const auto* s : sm.Sessions()) out.push_back(consul::Session(*s));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kSessions)));
+      });
+}
+
+void ConsulApi::SessionNode(const HttpRequest& req, const std::string& node, Responder& respond) {
+  const auto& sm = node_.state();
+  Blocking(
+      req, respond, {Table::kSessions}, [&sm] { return sm.TableIndex(Table::kSessions); },
+      [&sm, node] {
+        json::array out;
+        for (const auto* s : sm.NodeSessions(node)) out.push_back(consul::Session(*s));
+        return Json(out, ClientIndex(sm.TableIndex(Table::kSessions)));
+      });
+}
+
+// ---------------------------------------------------------------- status, metrics
+
+void ConsulApi::StatusLeader(const HttpRequest&, const std::string&, Responder& respond) {
+  respond(Json(json::value(opts_.http_address)));
+}
+
+void ConsulApi::StatusPeers(const HttpRequest&, const std::string&, Responder& respond) {
+  respond(Json(json::array{json::value(opts_.http_address)}));
+}
+
+void ConsulApi::Metrics(const HttpRequest&, const std::string&, Responder& respond) {
+  HttpResponse r;
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.body = metrics::Registry::Default().RenderPrometheus();
+  respond(std::move(r));
+}
+
+}  // namespace haven::node

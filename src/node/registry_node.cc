@@ -1,0 +1,327 @@
+#include "node/registry_node.h"
+
+#include <algorithm>
+#include <future>
+
+#include "base/log.h"
+#include "base/metrics.h"
+#include "net/probe.h"
+
+namespace haven::node {
+
+namespace pb = registry::pb;
+using registry::CheckKey;
+using registry::HealthAction;
+
+namespace {
+
+constexpr uint64_t kReplayChunkBytes = 64 << 20;
+constexpr const char* kSerfHealth = "serfHealth";
+
+metrics::Counter& TransitionCounter(const std::string& status) {
+  return metrics::Registry::Default().GetCounter(
+      "haven_health_check_transitions_total", "Check status changes written to the log",
+      {{"status", status}});
+}
+
+metrics::Counter& HeartbeatCounter() {
+  static auto& c = metrics::Registry::Default().GetCounter(
+      "haven_health_heartbeats_total", "TTL updates and probe results received (most cost no write)");
+  return c;
+}
+
+}  // namespace
+
+RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
+                           storage::LogStore& store, const Clock& clock)
+    : opts_(std::move(opts)),
+      executor_(executor),
+      store_(store),
+      clock_(clock),
+      watches_(executor) {
+  log_ = std::make_unique<LocalLog>(store_, executor_, [this](uint64_t index, const std::string& d) {
+    OnCommit(index, d);
+  });
+  auto& reg = metrics::Registry::Default();
+  reg.SetCallbackGauge("haven_catalog_nodes", "Nodes in the catalog", {},
+                       [this] { return static_cast<double>(sm_.NodeCount()); });
+  reg.SetCallbackGauge("haven_catalog_services", "Service instances in the catalog", {},
+                       [this] { return static_cast<double>(sm_.ServiceCount()); });
+  reg.SetCallbackGauge("haven_catalog_checks", "Health checks in the catalog", {},
+                       [this] { return static_cast<double>(sm_.CheckCount()); });
+  reg.SetCallbackGauge("haven_kv_entries", "Keys in the KV store", {},
+                       [this] { return static_cast<double>(sm_.KVCount()); });
+  reg.SetCallbackGauge("haven_raft_applied_index", "Index of the last applied log entry", {},
+                       [this] { return static_cast<double>(sm_.last_applied()); });
+}
+
+RegistryNode::~RegistryNode() = default;
+
+Status RegistryNode::Recover() {
+  if (auto snap = store_.LoadSnapshot()) {
+    pb::Snapshot state;
+    if (!state.ParseFromString(snap->data)) {
+      return Status::IoError("snapshot at index " + std::to_string(snap->index) + " is corrupt");
+    }
+    sm_.Restore(state);
+    last_snapshot_index_ = snap->index;
+  }
+  uint64_t next = std::max(sm_.last_applied() + 1, store_.FirstIndex());
+  uint64_t last = store_.LastIndex();
+  while (next <= last) {
+    auto entries = store_.Entries(next, last + 1, kReplayChunkBytes);
+    if (!entries.ok()) return entries.status();
+    for (const auto& e : *entries) Apply(e.index, e.data, /*replay=*/true);
+    next = entries->back().index + 1;
+  }
+  HLOG_INFO("recovered", "snapshot_index={} applied_index={} services={} checks={} kv={}",
+            last_snapshot_index_, sm_.last_applied(), sm_.ServiceCount(), sm_.CheckCount(),
+            sm_.KVCount());
+  return Status::Ok();
+}
+
+void RegistryNode::Start() {
+  log_->Start();
+  executor_.Post([this] {
+    TrackEverything();
+    RegisterSelf();
+    ArmHealthTimer();
+  });
+}
+
+void RegistryNode::Stop() {
+  // Park nothing new and answer what is parked, on the executor, before the log stops.
+  std::promise<void> done;
+  executor_.Post([this, &done] {
+    stopped_ = true;
+    if (health_timer_) health_timer_->Cancel();
+    watches_.Shutdown();
+    done.set_value();
+  });
+  done.get_future().wait();
+  log_->Stop();
+}
+
+void RegistryNode::TrackEverything() {
+  MonoMs now = clock_.NowMono();
+  // A restarted node gives every TTL one full period of grace (DESIGN.md: Health).
+  for (const auto* c : sm_.ChecksInState("any")) {
+    tracker_.OnCheckChanged({c->node(), c->id()}, c, now);
+  }
+  for (const auto* s : sm_.Sessions()) tracker_.OnSessionChanged(s->id(), s, now);
+}
+
+void RegistryNode::RegisterSelf() {
+  const pb::Node* node = sm_.GetNode(opts_.node_name);
+  const pb::Check* serf = sm_.GetCheck(opts_.node_name, kSerfHealth);
+  if (node && node->address() == opts_.advertise_address && serf && serf->status() == "passing") {
+    return;
+  }
+  pb::Command cmd;
+  auto* reg = cmd.mutable_register_node();
+  reg->mutable_node()->set_name(opts_.node_name);
+  reg->mutable_node()->set_address(opts_.advertise_address);
+  auto* check = reg->add_checks();
+  check->set_id(kSerfHealth);
+  check->set_name("Serf Health Status");
+  check->set_node(opts_.node_name);
+  check->set_status("passing");
+  check->set_output("Agent alive and reachable");
+  Propose(std::move(cmd), [this](Result<registry::ApplyResult> r) {
+    if (!r.ok()) {
+      HLOG_ERROR("register_self_failed", "node={} error=\"{}\"", opts_.node_name,
+                 r.status().ToString());
+    }
+  });
+}
+
+void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
+  if (stopped_) {
+    done(Status::Unavailable("server is shutting down"));
+    return;
+  }
+  cmd.set_now_unix_ms(clock_.NowUnixMs());
+  std::string data = cmd.SerializeAsString();
+  log_->Propose(std::move(data), [this, done = std::move(done)](Status s, uint64_t index) {
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    auto it = results_.find(index);
+    if (it == results_.end()) {
+      done(Status::Internal("no apply result for index " + std::to_string(index)));
+      return;
+    }
+    registry::ApplyResult r = std::move(it->second);
+    results_.erase(it);
+    if (!r.status.ok()) {
+      done(r.status);
+      return;
+    }
+    done(std::move(r));
+  });
+}
+
+void RegistryNode::OnCommit(uint64_t index, const std::string& data) {
+  Apply(index, data, /*replay=*/false);
+}
+
+void RegistryNode::Apply(uint64_t index, const std::string& data, bool replay) {
+  pb::Command cmd;
+  registry::ApplyResult r;
+  if (!cmd.ParseFromString(data)) {
+    // Cannot happen for entries this binary wrote; keep going so one bad entry cannot stop a node.
+    HLOG_ERROR("bad_log_entry", "index={} bytes={}", index, data.size());
+    r.status = Status::Internal("log entry " + std::to_string(index) + " does not parse");
+  } else {
+    r = sm_.Apply(index, cmd);
+  }
+  if (replay) return;
+  if (cmd.has_set_check_status() && r.status.ok() && !r.checks_changed.empty()) {
+    TransitionCounter(cmd.set_check_status().status()).Inc();
+  }
+  AfterApply(r);
+  results_[index] = std::move(r);
+}
+
+void RegistryNode::AfterApply(const registry::ApplyResult& r) {
+  MonoMs now = clock_.NowMono();
+  for (const auto& key : r.checks_changed) {
+    tracker_.OnCheckChanged(key, sm_.GetCheck(key.node, key.check_id), now);
+  }
+  for (const auto& id : r.sessions_changed) tracker_.OnSessionChanged(id, sm_.GetSession(id), now);
+  if (!r.changed.empty()) watches_.OnTablesChanged(r.changed);
+  ArmHealthTimer();
+  MaybeSnapshot();
+}
+
+void RegistryNode::MaybeSnapshot() {
+  if (sm_.last_applied() < last_snapshot_index_ + opts_.snapshot_every_entries) return;
+  storage::Snapshot snap;
+  snap.index = sm_.last_applied();
+  snap.term = 1;
+  snap.data = sm_.TakeSnapshot().SerializeAsString();
+  last_snapshot_index_ = snap.index;
+  log_->SaveSnapshotAsync(std::move(snap));
+}
+
+void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& status,
+                             const std::string& output, std::function<void(Status)> done) {
+  HeartbeatCounter().Inc();
+  const pb::Check* check = sm_.GetCheck(opts_.node_name, check_id);
+  if (!check) {
+    done(Status::NotFound("Unknown check ID \"" + check_id +
+                          "\". Ensure that the check ID is passed, not the check name."));
+    return;
+  }
+  if (check->definition().ttl_ms() <= 0) {
+    done(Status::InvalidArgument("CheckID \"" + check_id + "\" does not have associated TTL"));
+    return;
+  }
+  auto action = tracker_.OnResult({opts_.node_name, check_id}, status, output, clock_.NowMono());
+  if (!action.ok()) {
+    done(action.status());
+    return;
+  }
+  ArmHealthTimer();
+  if (!action->has_value()) {
+    done(Status::Ok());
+    return;
+  }
+  pb::Command cmd;
+  auto* set = cmd.mutable_set_check_status();
+  set->set_node(opts_.node_name);
+  set->set_check_id(check_id);
+  set->set_status((*action)->status);
+  set->set_output((*action)->output);
+  Propose(std::move(cmd), [done = std::move(done)](Result<registry::ApplyResult> r) {
+    done(r.ok() ? Status::Ok() : r.status());
+  });
+}
+
+Status RegistryNode::RenewSession(const std::string& id) {
+  if (!sm_.GetSession(id)) return Status::NotFound("Session id '" + id + "' not found");
+  tracker_.RenewSession(id, clock_.NowMono());
+  ArmHealthTimer();
+  return Status::Ok();
+}
+
+void RegistryNode::ArmHealthTimer() {
+  if (stopped_) return;
+  auto next = tracker_.NextDeadline();
+  if (!next) return;
+  if (health_timer_ && health_timer_at_ <= *next) return;  // the armed timer comes first
+  if (health_timer_) health_timer_->Cancel();
+  health_timer_at_ = *next;
+  int64_t delay = std::max<int64_t>(0, *next - clock_.NowMono());
+  health_timer_ = executor_.RunAfter(delay, [this] {
+    health_timer_.reset();
+    OnHealthTimer();
+  });
+}
+
+void RegistryNode::OnHealthTimer() {
+  if (stopped_) return;
+  MonoMs now = clock_.NowMono();
+  for (const auto& a : tracker_.Tick(now)) ProposeHealthAction(a);
+  for (const auto& key : tracker_.DueProbes(now)) RunProbe(key);
+  ArmHealthTimer();
+}
+
+void RegistryNode::RunProbe(const CheckKey& key) {
+  const pb::CheckDefinition* def = tracker_.Definition(key);
+  if (!def) return;
+  int64_t timeout = def->timeout_ms() > 0 ? def->timeout_ms() : 10'000;
+  timeout = std::min(timeout, opts_.probe_timeout_ceiling_ms);
+  auto on_result = [this, key](net::ProbeResult r) {
+    executor_.Post([this, key, r = std::move(r)] { OnProbeResult(key, r.status, r.output); });
+  };
+  if (!def->http().empty()) {
+    std::vector<std::pair<std::string, std::string>> headers(def->header().begin(),
+                                                             def->header().end());
+    net::ProbeHttp(executor_, def->method().empty() ? "GET" : def->method(), def->http(), headers,
+                   def->tls_skip_verify(), timeout, on_result);
+  } else if (!def->tcp().empty()) {
+    net::ProbeTcp(executor_, def->tcp(), timeout, on_result);
+  }
+}
+
+void RegistryNode::OnProbeResult(const CheckKey& key, const std::string& status,
+                                 const std::string& output) {
+  if (stopped_) return;
+  HeartbeatCounter().Inc();
+  auto action = tracker_.OnResult(key, status, output, clock_.NowMono());
+  if (action.ok() && action->has_value()) ProposeHealthAction(**action);
+  ArmHealthTimer();
+}
+
+void RegistryNode::ProposeHealthAction(const HealthAction& a) {
+  pb::Command cmd;
+  switch (a.kind) {
+    case HealthAction::Kind::kSetStatus: {
+      auto* set = cmd.mutable_set_check_status();
+      set->set_node(a.node);
+      set->set_check_id(a.check_id);
+      set->set_status(a.status);
+      set->set_output(a.output);
+      HLOG_INFO("check_status", "node={} check={} status={}", a.node, a.check_id, a.status);
+      break;
+    }
+    case HealthAction::Kind::kDeregisterService:
+      cmd.mutable_deregister()->set_node(a.node);
+      cmd.mutable_deregister()->set_service_id(a.service_id);
+      HLOG_INFO("deregister_critical", "node={} service={}", a.node, a.service_id);
+      break;
+    case HealthAction::Kind::kDestroySession:
+      cmd.mutable_session_destroy()->set_id(a.session_id);
+      HLOG_INFO("session_expired", "session={}", a.session_id);
+      break;
+  }
+  Propose(std::move(cmd), [](Result<registry::ApplyResult> r) {
+    if (!r.ok() && r.status().code() != Code::kNotFound) {
+      HLOG_WARN("health_action_failed", "error=\"{}\"", r.status().ToString());
+    }
+  });
+}
+
+}  // namespace haven::node

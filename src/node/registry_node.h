@@ -1,0 +1,88 @@
+// RegistryNode: the registry as a running service. It joins the pure state machine, the replicated
+// log, the health tracker (TTLs, probes, session expiry) and the blocking-query hub. Everything it
+// does runs on one executor thread, so the state needs no locks; the HTTP API calls it from there.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/clock.h"
+#include "net/io_runtime.h"
+#include "node/local_log.h"
+#include "node/watch_hub.h"
+#include "registry/health_tracker.h"
+#include "registry/state_machine.h"
+#include "storage/log_store.h"
+
+namespace haven::node {
+
+struct RegistryNodeOptions {
+  std::string node_name;
+  std::string advertise_address = "127.0.0.1";
+  uint64_t snapshot_every_entries = 20'000;  // log entries between two snapshots
+  int64_t probe_timeout_ceiling_ms = 60'000;
+};
+
+class RegistryNode {
+ public:
+  using ProposeDone = std::function<void(Result<registry::ApplyResult>)>;
+
+  RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor, storage::LogStore& store,
+               const Clock& clock);
+  ~RegistryNode();
+
+  // Restores the state from the latest snapshot and replays the log after it. Before Start().
+  Status Recover();
+  // Starts the log writer, registers this node (with its serfHealth check) and arms health timers.
+  void Start();
+  // Answers parked queries, stops timers and the log writer. Call from outside the executor.
+  void Stop();
+
+  // --- on the executor thread only ---
+  // Stamps the time, appends the command to the log and answers once it is applied (or failed).
+  // A rejected command (ApplyResult::status not ok) is reported as an error Result.
+  void Propose(registry::pb::Command cmd, ProposeDone done);
+  // A TTL heartbeat (/v1/agent/check/pass|warn|fail|update). Writes only when the status changes.
+  void UpdateTtl(const std::string& check_id, const std::string& status, const std::string& output,
+                 std::function<void(Status)> done);
+  // Session renewal: resets its TTL. NotFound if the session does not exist.
+  Status RenewSession(const std::string& id);
+
+  const registry::StateMachine& state() const { return sm_; }
+  WatchHub& watches() { return watches_; }
+  const std::string& node_name() const { return opts_.node_name; }
+  const std::string& advertise_address() const { return opts_.advertise_address; }
+  int64_t NowUnixMs() const { return clock_.NowUnixMs(); }
+
+ private:
+  void OnCommit(uint64_t index, const std::string& data);
+  void Apply(uint64_t index, const std::string& data, bool replay);
+  void AfterApply(const registry::ApplyResult& r);
+  void MaybeSnapshot();
+  void TrackEverything();
+  void RegisterSelf();
+  void ArmHealthTimer();
+  void OnHealthTimer();
+  void RunProbe(const registry::CheckKey& key);
+  void OnProbeResult(const registry::CheckKey& key, const std::string& status,
+                     const std::string& output);
+  void ProposeHealthAction(const registry::HealthAction& a);
+
+  RegistryNodeOptions opts_;
+  net::IoRuntime& executor_;
+  storage::LogStore& store_;
+  const Clock& clock_;
+  registry::StateMachine sm_;
+  registry::HealthTracker tracker_;
+  WatchHub watches_;
+  std::unique_ptr<LocalLog> log_;
+  std::map<uint64_t, registry::ApplyResult> results_;  // applied, awaiting their proposer's done
+  uint64_t last_snapshot_index_ = 0;
+  std::shared_ptr<net::Timer> health_timer_;
+  MonoMs health_timer_at_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace haven::node

@@ -1,0 +1,27 @@
+// ReplicatedLog: where the node proposes commands. A write is acknowledged only once its entry is
+// durable on a quorum and applied. Single node: LocalLog (a Raft cluster of one); the Raft issue puts a
+// Raft group behind the same interface without touching the state machine.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "base/status.h"
+
+namespace haven::node {
+
+class ReplicatedLog {
+ public:
+  // Called for every committed entry, in log order, on the node's executor.
+  using CommitFn = std::function<void(uint64_t index, const std::string& data)>;
+  // Called once per proposal on the node's executor, right after CommitFn saw its entry, or with an
+  // error (IoError: the disk failed; Unavailable: shutting down) when it never will.
+  using DoneFn = std::function<void(Status, uint64_t index)>;
+
+  virtual ~ReplicatedLog() = default;
+  // Thread-safe. Proposals made concurrently are batched: one fsync carries many.
+  virtual void Propose(std::string data, DoneFn done) = 0;
+};
+
+}  // namespace haven::node

@@ -9,8 +9,8 @@
 
 namespace haven {
 
-// Parses "1h2m3.5s", "250ms", "10us", "0"; a bare number is taken as seconds (Consul accepts that in
-// a few places such as ?wait=60). Returns milliseconds, rounded down.
+// Parses "1h2m3.5s", "250ms", "10us", "0"; a bare number is taken as seconds (Consul accepts that
+// in a few places such as ?wait=60). Returns milliseconds, rounded down.
 Result<int64_t> ParseDurationMs(std::string_view s);
 
 // Formats milliseconds the way Go's time.Duration.String() does ("1m30s", "500ms", "0s").

@@ -11,15 +11,15 @@ namespace haven {
 // Codes map onto HTTP statuses at the API edge (see node/http_api.cc).
 enum class Code {
   kOk = 0,
-  kInvalidArgument,    // 400: malformed input from outside
-  kNotFound,           // 404
-  kConflict,           // 409: a precondition such as a CAS index failed
-  kPermissionDenied,   // 403
-  kTooLarge,           // 413
-  kMethodNotAllowed,   // 405
-  kUnavailable,        // 503: try again later (shutting down, not leader, ...)
-  kIoError,            // 500: disk or network failed
-  kInternal,           // 500: a bug
+  kInvalidArgument,   // 400: malformed input from outside
+  kNotFound,          // 404
+  kConflict,          // 409: a precondition such as a CAS index failed
+  kPermissionDenied,  // 403
+  kTooLarge,          // 413
+  kMethodNotAllowed,  // 405
+  kUnavailable,       // 503: try again later (shutting down, not leader, ...)
+  kIoError,           // 500: disk or network failed
+  kInternal,          // 500: a bug
 };
 
 class Status {
@@ -50,8 +50,8 @@ class Status {
 template <typename T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}             // NOLINT(google-explicit-constructor)
-  Result(Status status) : v_(std::move(status)) {}      // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
+  Result(Status status) : v_(std::move(status)) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return std::holds_alternative<T>(v_); }
   const Status& status() const {

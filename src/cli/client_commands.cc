@@ -4,8 +4,8 @@
 #include <iterator>
 #include <memory>
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
+#include <boost/json.hpp>
 
 #include "base/base64.h"
 #include "net/http_client.h"
@@ -152,8 +152,7 @@ void AddHealth(CLI::App& app, ClientOptions& opts) {
       }
       std::string addr = Str(svc.at("Address"));
       if (addr.empty()) addr = Str(node.at("Address"));
-      std::cout << fmt::format("{:<24} {:<32} {:<22} {}\n", Str(node.at("Node")),
-                               Str(svc.at("ID")),
+      std::cout << fmt::format("{:<24} {:<32} {:<22} {}\n", Str(node.at("Node")), Str(svc.at("ID")),
                                addr + ":" + std::to_string(svc.at("Port").to_number<int64_t>()),
                                status);
     }
@@ -209,7 +208,8 @@ void AddKv(CLI::App& app, ClientOptions& opts) {
   d->add_option("key", del->key, "Key or prefix")->required();
   d->add_flag("--recurse", del->recurse, "Every key under the prefix");
   d->final_callback([&opts, del] {
-    auto r = Call(opts, "DELETE", "/v1/kv/" + EscapePath(del->key) + (del->recurse ? "?recurse" : ""));
+    auto r =
+        Call(opts, "DELETE", "/v1/kv/" + EscapePath(del->key) + (del->recurse ? "?recurse" : ""));
     if (!r) opts.exit_code = 1;
   });
 }

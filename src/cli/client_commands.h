@@ -9,7 +9,7 @@ namespace haven::cli {
 
 struct ClientOptions {
   std::string addr = "http://127.0.0.1:8500";  // --addr, else $HAVEN_HTTP_ADDR, else this
-  int exit_code = 0;                            // set by the command that ran
+  int exit_code = 0;                           // set by the command that ran
 };
 
 // Adds `services list|register|deregister`, `health SERVICE`, `kv get|put|delete` to `app`.

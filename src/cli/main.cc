@@ -27,12 +27,14 @@ int main(int argc, char** argv) {
   server->add_option("--node-name", server_opts.node_name, "Node name (default: the host name)");
   server->add_option("--advertise", server_opts.advertise_address,
                      "Address other nodes and clients see (default: the HTTP host)");
-  server->add_option("--snapshot-every", server_opts.snapshot_every_entries,
-                     "Log entries between two snapshots")
+  server
+      ->add_option("--snapshot-every", server_opts.snapshot_every_entries,
+                   "Log entries between two snapshots")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{100}, uint64_t{100'000'000}));
-  server->add_option("--max-connections", server_opts.max_connections,
-                     "Open HTTP connections at most")
+  server
+      ->add_option("--max-connections", server_opts.max_connections,
+                   "Open HTTP connections at most")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
 

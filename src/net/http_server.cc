@@ -1,8 +1,11 @@
 #include "net/http_server.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -191,15 +194,20 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // A client that hangs up while its request is parked frees the connection at once; bytes of a
-  // pipelined request simply wait in the kernel until the answer is written.
-  // seq ties the wait to its request: a wait that outlives it must not judge a later one.
+  // pipelined request simply wait in the kernel until the answer is written. seq ties the wait to
+  // its request: a wait that outlives it must not judge a later one.
   void WatchForHangup(uint64_t seq) {
-    stream_.socket().async_wait(
-        tcp::socket::wait_read, [self = shared_from_this(), seq](error_code ec) {
-          if (ec || self->closed_ || !self->awaiting_response_ || seq != self->seq_) return;
-          error_code avail_ec;
-          if (self->stream_.socket().available(avail_ec) == 0 || avail_ec) self->DoClose();
-        });
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(),
+                                                         seq](error_code ec) {
+      if (ec || self->closed_ || !self->awaiting_response_ || seq != self->seq_) return;
+      // The reactor may report readiness spuriously, so peek to tell EOF from "nothing yet".
+      char byte;
+      ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        return self->DoClose();
+      }
+      if (n < 0) self->WatchForHangup(seq);
+    });
   }
 
   // The responder may run on any thread and more than once; only the first call counts and it

@@ -4,22 +4,23 @@
 #include <chrono>
 #include <random>
 
-#include <boost/json.hpp>
 #include <fmt/format.h>
+#include <boost/json.hpp>
 
 #include "base/duration.h"
 #include "base/log.h"
 #include "base/metrics.h"
+#include "base/uuid.h"
 #include "node/consul_json.h"
 
 namespace haven::node {
 
 namespace pb = registry::pb;
 namespace json = boost::json;
-using registry::Table;
 using net::HttpRequest;
 using net::HttpResponse;
 using net::Responder;
+using registry::Table;
 
 namespace {
 
@@ -27,16 +28,25 @@ constexpr const char* kVersion = "1.15.0";  // the Consul API version whose beha
 
 int HttpCode(const Status& s) {
   switch (s.code()) {
-    case Code::kOk: return 200;
-    case Code::kInvalidArgument: return 400;
-    case Code::kPermissionDenied: return 403;
-    case Code::kNotFound: return 404;
-    case Code::kMethodNotAllowed: return 405;
-    case Code::kConflict: return 409;
-    case Code::kTooLarge: return 413;
-    case Code::kUnavailable: return 503;
+    case Code::kOk:
+      return 200;
+    case Code::kInvalidArgument:
+      return 400;
+    case Code::kPermissionDenied:
+      return 403;
+    case Code::kNotFound:
+      return 404;
+    case Code::kMethodNotAllowed:
+      return 405;
+    case Code::kConflict:
+      return 409;
+    case Code::kTooLarge:
+      return 413;
+    case Code::kUnavailable:
+      return 503;
     case Code::kIoError:
-    case Code::kInternal: return 500;
+    case Code::kInternal:
+      return 500;
   }
   return 500;
 }
@@ -83,19 +93,10 @@ Result<uint64_t> QueryUint(const HttpRequest& req, std::string_view name, uint64
   errno = 0;
   unsigned long long n = std::strtoull(v->c_str(), &end, 10);
   if (*end != '\0' || errno != 0 || (*v)[0] == '-') {
-    return Status::InvalidArgument(fmt::format("Invalid {} \"{}\": expected an unsigned integer",
-                                               name, *v));
+    return Status::InvalidArgument(
+        fmt::format("Invalid {} \"{}\": expected an unsigned integer", name, *v));
   }
   return static_cast<uint64_t>(n);
-}
-
-std::string NewUuid() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  uint64_t a = rng(), b = rng();
-  a = (a & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
-  b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 1
-  return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff,
-                     a & 0xffff, b >> 48, b & 0xffffffffffffULL);
 }
 
 bool AllPassing(const std::vector<const pb::Check*>& checks) {
@@ -132,6 +133,7 @@ ConsulApi::ConsulApi(RegistryNode& node, ConsulApiOptions opts)
       {"GET", "/v1/kv/", &ConsulApi::KvGet},
       {"PUT", "/v1/kv/", &ConsulApi::KvPut},
       {"DELETE", "/v1/kv/", &ConsulApi::KvDelete},
+      {"PUT", "/v1/txn", &ConsulApi::Txn},
       {"PUT", "/v1/session/create", &ConsulApi::SessionCreate},
       {"PUT", "/v1/session/destroy/", &ConsulApi::SessionDestroy},
       {"PUT", "/v1/session/renew/", &ConsulApi::SessionRenew},
@@ -208,11 +210,11 @@ void ConsulApi::Blocking(const HttpRequest& req, Responder& respond, std::vector
 
 void ConsulApi::ProposeAndReply(pb::Command cmd, Responder& respond,
                                 std::function<HttpResponse(const registry::ApplyResult&)> on_ok) {
-  node_.Propose(std::move(cmd), [respond, on_ok = std::move(on_ok)](
-                                    Result<registry::ApplyResult> r) {
-    if (!r.ok()) return respond(Error(r.status()));
-    respond(on_ok ? on_ok(*r) : Bool(r->success));
-  });
+  node_.Propose(std::move(cmd),
+                [respond, on_ok = std::move(on_ok)](Result<registry::ApplyResult> r) {
+                  if (!r.ok()) return respond(Error(r.status()));
+                  respond(on_ok ? on_ok(*r) : Bool(r->success));
+                });
 }
 
 // ---------------------------------------------------------------- agent
@@ -235,19 +237,26 @@ void ConsulApi::AgentChecks(const HttpRequest&, const std::string&, Responder& r
 }
 
 void ConsulApi::AgentSelf(const HttpRequest&, const std::string&, Responder& respond) {
-  json::object config{{"Datacenter", "dc1"},     {"NodeName", node_.node_name()},
-                      {"NodeID", ""},            {"Server", true},
-                      {"Revision", "haven"},     {"Version", kVersion},
+  json::object config{{"Datacenter", "dc1"},
+                      {"NodeName", node_.node_name()},
+                      {"NodeID", ""},
+                      {"Server", true},
+                      {"Revision", "haven"},
+                      {"Version", kVersion},
                       {"PrimaryDatacenter", "dc1"}};
-  json::object member{{"Name", node_.node_name()}, {"Addr", node_.advertise_address()},
-                      {"Port", 8301},              {"Status", 1},
+  json::object member{{"Name", node_.node_name()},
+                      {"Addr", node_.advertise_address()},
+                      {"Port", 8301},
+                      {"Status", 1},
                       {"Tags", json::object{{"role", "consul"}, {"dc", "dc1"}}}};
   respond(Json(json::object{{"Config", config}, {"Member", member}, {"Meta", json::object{}}}));
 }
 
 void ConsulApi::AgentMembers(const HttpRequest&, const std::string&, Responder& respond) {
-  json::object member{{"Name", node_.node_name()}, {"Addr", node_.advertise_address()},
-                      {"Port", 8301},              {"Status", 1},
+  json::object member{{"Name", node_.node_name()},
+                      {"Addr", node_.advertise_address()},
+                      {"Port", 8301},
+                      {"Status", 1},
                       {"Tags", json::object{{"role", "consul"}, {"dc", "dc1"}}}};
   respond(Json(json::array{member}));
 }
@@ -277,9 +286,8 @@ void ConsulApi::AgentServiceDeregister(const HttpRequest&, const std::string& id
 void ConsulApi::TtlUpdate(const std::string& check_id, const std::string& status,
                           const std::string& note, Responder& respond) {
   if (check_id.empty()) return respond(Text(400, "Missing check ID"));
-  node_.UpdateTtl(check_id, status, note, [respond](Status s) {
-    respond(s.ok() ? Text(200, "") : Error(s));
-  });
+  node_.UpdateTtl(check_id, status, note,
+                  [respond](Status s) { respond(s.ok() ? Text(200, "") : Error(s)); });
 }
 
 void ConsulApi::AgentCheckPass(const HttpRequest& req, const std::string& id, Responder& r) {
@@ -325,7 +333,9 @@ void ConsulApi::CatalogService(const HttpRequest& req, const std::string& name,
   if (name.empty()) return respond(Text(400, "Missing service name"));
   const auto& sm = node_.state();
   auto tags = QueryAll(req, "tag");
-  auto index = [&sm] { return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes)); };
+  auto index = [&sm] {
+    return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes));
+  };
   Blocking(req, respond, {Table::kServices, Table::kNodes}, index, [&sm, name, tags, index] {
     json::array out;
     for (const auto* s : sm.ServiceInstances(name, tags)) {
@@ -348,7 +358,9 @@ void ConsulApi::CatalogNodes(const HttpRequest& req, const std::string&, Respond
 
 void ConsulApi::CatalogNode(const HttpRequest& req, const std::string& name, Responder& respond) {
   const auto& sm = node_.state();
-  auto index = [&sm] { return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes)); };
+  auto index = [&sm] {
+    return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes));
+  };
   Blocking(req, respond, {Table::kServices, Table::kNodes}, index, [&sm, name, index] {
     const auto* n = sm.GetNode(name);
     if (!n) return Json(nullptr, ClientIndex(index()));
@@ -365,8 +377,7 @@ void ConsulApi::CatalogRegister(const HttpRequest& req, const std::string&, Resp
   ProposeAndReply(std::move(*cmd), respond, [](const auto&) { return Bool(true); });
 }
 
-void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&,
-                                  Responder& respond) {
+void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&, Responder& respond) {
   auto dereg = consul::ParseCatalogDeregister(req.body);
   if (!dereg.ok()) return respond(Error(dereg.status()));
   pb::Command cmd;
@@ -376,8 +387,7 @@ void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&,
 
 // ---------------------------------------------------------------- health
 
-void ConsulApi::HealthService(const HttpRequest& req, const std::string& name,
-                              Responder& respond) {
+void ConsulApi::HealthService(const HttpRequest& req, const std::string& name, Responder& respond) {
   if (name.empty()) return respond(Text(400, "Missing service name"));
   const auto& sm = node_.state();
   auto tags = QueryAll(req, "tag");
@@ -416,8 +426,8 @@ void ConsulApi::HealthChecks(const HttpRequest& req, const std::string& name, Re
 
 void ConsulApi::HealthState(const HttpRequest& req, const std::string& state, Responder& respond) {
   if (state != "any" && state != "passing" && state != "warning" && state != "critical") {
-    return respond(Text(400, "Invalid state \"" + state +
-                                 "\": expected any, passing, warning or critical"));
+    return respond(
+        Text(400, "Invalid state \"" + state + "\": expected any, passing, warning or critical"));
   }
   const auto& sm = node_.state();
   Blocking(
@@ -530,6 +540,38 @@ void ConsulApi::KvDelete(const HttpRequest& req, const std::string& key, Respond
   ProposeAndReply(std::move(cmd), respond);
 }
 
+void ConsulApi::Txn(const HttpRequest& req, const std::string&, Responder& respond) {
+  auto txn = consul::ParseTxn(req.body);
+  if (!txn.ok()) return respond(Error(txn.status()));
+  pb::Command cmd;
+  *cmd.mutable_txn() = *txn;
+  const auto& sm = node_.state();
+  // Consul answers every write op with the entry it left (deletes with nothing); the state read
+  // here is the one right after this txn applied, since the answer runs straight after the apply.
+  ProposeAndReply(std::move(cmd), respond, [&sm, ops = std::move(*txn)](const auto& r) {
+    if (!r.success) {
+      json::object err{{"OpIndex", r.failed_op}, {"What", "failed: a precondition did not hold"}};
+      HttpResponse resp = Json(json::object{{"Results", nullptr}, {"Errors", json::array{err}}});
+      resp.status = 409;
+      return resp;
+    }
+    json::array results;
+    for (const auto& op : ops.ops()) {
+      if (op.verb() == pb::KVOp::DELETE || op.verb() == pb::KVOp::DELETE_CAS ||
+          op.verb() == pb::KVOp::DELETE_TREE) {
+        continue;
+      }
+      if (const auto* e = sm.GetKV(op.key())) {
+        auto entry = consul::KVEntry(*e);
+        entry["Value"] = nullptr;  // Consul leaves values out of write results
+        results.push_back(json::object{{"KV", entry}});
+      }
+    }
+    return Json(json::object{{"Results", results}, {"Errors", nullptr}},
+                ClientIndex(sm.last_applied()));
+  });
+}
+
 // ---------------------------------------------------------------- session
 
 void ConsulApi::SessionCreate(const HttpRequest& req, const std::string&, Responder& respond) {
@@ -539,8 +581,9 @@ void ConsulApi::SessionCreate(const HttpRequest& req, const std::string&, Respon
   session->set_id(id);
   pb::Command cmd;
   *cmd.mutable_session_create()->mutable_session() = std::move(*session);
-  ProposeAndReply(std::move(cmd), respond,
-                  [id](const auto&) { return Json(json::object{{"ID", id}}); });
+  ProposeAndReply(std::move(cmd), respond, [id](const auto&) {
+    return Json(json::object{{"ID", id}});
+  });
 }
 
 void ConsulApi::SessionDestroy(const HttpRequest&, const std::string& id, Responder& respond) {

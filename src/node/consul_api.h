@@ -12,7 +12,7 @@
 namespace haven::node {
 
 struct ConsulApiOptions {
-  std::string http_address;               // this node's HTTP address, for /v1/status/*
+  std::string http_address;                // this node's HTTP address, for /v1/status/*
   size_t max_kv_value_bytes = 512 * 1024;  // Consul's kv_max_value_size
   int64_t default_wait_ms = 5 * 60 * 1000;
   int64_t max_wait_ms = 10 * 60 * 1000;
@@ -62,6 +62,7 @@ class ConsulApi {
   void KvGet(const net::HttpRequest&, const std::string&, net::Responder&);
   void KvPut(const net::HttpRequest&, const std::string&, net::Responder&);
   void KvDelete(const net::HttpRequest&, const std::string&, net::Responder&);
+  void Txn(const net::HttpRequest&, const std::string&, net::Responder&);
   // session
   void SessionCreate(const net::HttpRequest&, const std::string&, net::Responder&);
   void SessionDestroy(const net::HttpRequest&, const std::string&, net::Responder&);

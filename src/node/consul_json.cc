@@ -11,6 +11,7 @@
 
 #include "base/base64.h"
 #include "base/duration.h"
+#include "registry/state_machine.h"
 
 namespace haven::node::consul {
 namespace {
@@ -780,6 +781,69 @@ Result<pb::Deregister> ParseCatalogDeregister(std::string_view body) {
   });
 }
 
+Result<pb::Txn> ParseTxn(std::string_view body) {
+  return Guarded<pb::Txn>([&]() -> Result<pb::Txn> {
+    if (body.size() > kMaxBodyBytes) {
+      return Status::TooLarge("Request body larger than " + std::to_string(kMaxBodyBytes) +
+                              " bytes");
+    }
+    boost::system::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = kMaxJsonDepth;
+    json::value v = json::parse(body, ec, json::storage_ptr(), opts);
+    if (ec) return Invalid("Failed to parse body: " + ec.message());
+    if (!v.is_array()) return WrongType("Request", "array of operations", v);
+    const json::array& ops = v.get_array();
+    if (ops.size() > registry::kMaxTxnOps) {
+      return Status::TooLarge("Transaction contains too many operations (" +
+                              std::to_string(ops.size()) + " > " +
+                              std::to_string(registry::kMaxTxnOps) + ")");
+    }
+    static const std::pair<const char*, pb::KVOp::Verb> kVerbs[] = {
+        {"set", pb::KVOp::SET},
+        {"cas", pb::KVOp::CAS},
+        {"lock", pb::KVOp::LOCK},
+        {"unlock", pb::KVOp::UNLOCK},
+        {"delete", pb::KVOp::DELETE},
+        {"delete-cas", pb::KVOp::DELETE_CAS},
+        {"delete-tree", pb::KVOp::DELETE_TREE}};
+    pb::Txn txn;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      std::string label = "[" + std::to_string(i) + "]";
+      if (!ops[i].is_object()) return WrongType(label, "object", ops[i]);
+      Reader outer(ops[i].get_object(), label + ".");
+      auto kv = outer.Object({"KV"});
+      if (!kv.ok()) return kv.status();
+      if (!*kv) return Invalid("Operation " + label + ": only KV operations are supported");
+      Reader r(**kv, label + ".KV.");
+      std::string verb, key, value64, session;
+      int64_t flags = 0, index = 0;
+      HAVEN_TRY(r.String({"Verb"}, &verb));
+      HAVEN_TRY(r.String({"Key"}, &key));
+      HAVEN_TRY(r.String({"Value"}, &value64));
+      HAVEN_TRY(r.String({"Session"}, &session));
+      HAVEN_TRY(r.Int({"Flags"}, 0, INT64_MAX, &flags));
+      HAVEN_TRY(r.Int({"Index"}, 0, INT64_MAX, &index));
+      auto* op = txn.add_ops();
+      auto it = std::find_if(std::begin(kVerbs), std::end(kVerbs),
+                             [&](const auto& p) { return verb == p.first; });
+      if (it == std::end(kVerbs)) {
+        return Invalid("Operation " + label + ": unsupported KV verb \"" + verb +
+                       "\" (supported: set, cas, lock, unlock, delete, delete-cas, delete-tree)");
+      }
+      auto value = Base64Decode(value64);
+      if (!value.ok()) return Invalid("Operation " + label + ": Value is not valid base64");
+      op->set_verb(it->second);
+      op->set_key(key);
+      op->set_value(std::move(*value));
+      op->set_flags(static_cast<uint64_t>(flags));
+      op->set_cas_index(static_cast<uint64_t>(index));
+      op->set_session(session);
+    }
+    return txn;
+  });
+}
+
 Result<pb::Session> ParseSessionCreate(std::string_view body, const std::string& node_name) {
   return Guarded<pb::Session>([&]() -> Result<pb::Session> {
     auto obj = ParseObject(body, true);
@@ -846,7 +910,7 @@ boost::json::object HealthCheck(const pb::Check& c) {
 
 boost::json::object CatalogNode(const pb::Node& n) {
   json::object o;
-  o["ID"] = "";  // pb::Node has no node UUID
+  o["ID"] = n.id();
   o["Node"] = n.name();
   o["Address"] = n.address();
   o["Datacenter"] = kDatacenter;
@@ -859,7 +923,7 @@ boost::json::object CatalogNode(const pb::Node& n) {
 
 boost::json::object CatalogService(const pb::Node& n, const pb::Service& s) {
   json::object o;
-  o["ID"] = "";
+  o["ID"] = n.id();
   o["Node"] = n.name();
   o["Address"] = n.address();
   o["Datacenter"] = kDatacenter;

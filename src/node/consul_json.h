@@ -46,6 +46,11 @@ Result<pb::Deregister> ParseCatalogDeregister(std::string_view body);
 // >= 10s, we allow shorter so tests run fast. LockDelay is a duration string, or a number that is
 // nanoseconds unless below 1000, then seconds (Consul's own fixup); default 15s, at most 60s.
 // Checks / NodeChecks default to ["serfHealth"] only when both are absent. The id is left empty.
+// PUT /v1/txn body: [{"KV": {"Verb", "Key", "Value" (base64), "Flags", "Index", "Session"}}, ...].
+// Write verbs only: set, cas, lock, unlock, delete, delete-cas, delete-tree (read verbs are refused
+// with a clear message). At most registry::kMaxTxnOps operations.
+Result<pb::Txn> ParseTxn(std::string_view body);
+
 Result<pb::Session> ParseSessionCreate(std::string_view body, const std::string& node_name);
 
 // Renderers: field names and shapes exactly as Consul answers.

@@ -30,7 +30,9 @@ LocalLog::LocalLog(storage::LogStore& store, net::IoRuntime& executor, CommitFn 
 
 LocalLog::~LocalLog() { Stop(); }
 
-void LocalLog::Start() { writer_ = std::thread([this] { WriterLoop(); }); }
+void LocalLog::Start() {
+  writer_ = std::thread([this] { WriterLoop(); });
+}
 
 void LocalLog::Stop() {
   {
@@ -95,8 +97,10 @@ void LocalLog::WriterLoop() {
     }
     if (snap) {
       Status s = store_.SaveSnapshot(*snap);
-      if (!s.ok()) HLOG_ERROR("snapshot_failed", "index={} error=\"{}\"", snap->index, s.ToString());
-      else HLOG_INFO("snapshot_saved", "index={} bytes={}", snap->index, snap->data.size());
+      if (!s.ok())
+        HLOG_ERROR("snapshot_failed", "index={} error=\"{}\"", snap->index, s.ToString());
+      else
+        HLOG_INFO("snapshot_saved", "index={} bytes={}", snap->index, snap->data.size());
     }
     if (!batch.empty()) WriteBatch(std::move(batch));
   }

@@ -19,14 +19,15 @@ constexpr uint64_t kReplayChunkBytes = 64 << 20;
 constexpr const char* kSerfHealth = "serfHealth";
 
 metrics::Counter& TransitionCounter(const std::string& status) {
-  return metrics::Registry::Default().GetCounter(
-      "haven_health_check_transitions_total", "Check status changes written to the log",
-      {{"status", status}});
+  return metrics::Registry::Default().GetCounter("haven_health_check_transitions_total",
+                                                 "Check status changes written to the log",
+                                                 {{"status", status}});
 }
 
 metrics::Counter& HeartbeatCounter() {
   static auto& c = metrics::Registry::Default().GetCounter(
-      "haven_health_heartbeats_total", "TTL updates and probe results received (most cost no write)");
+      "haven_health_heartbeats_total",
+      "TTL updates and probe results received (most cost no write)");
   return c;
 }
 
@@ -39,9 +40,8 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
       store_(store),
       clock_(clock),
       watches_(executor) {
-  log_ = std::make_unique<LocalLog>(store_, executor_, [this](uint64_t index, const std::string& d) {
-    OnCommit(index, d);
-  });
+  log_ = std::make_unique<LocalLog>(
+      store_, executor_, [this](uint64_t index, const std::string& d) { OnCommit(index, d); });
   auto& reg = metrics::Registry::Default();
   reg.SetCallbackGauge("haven_catalog_nodes", "Nodes in the catalog", {},
                        [this] { return static_cast<double>(sm_.NodeCount()); });
@@ -114,13 +114,15 @@ void RegistryNode::TrackEverything() {
 void RegistryNode::RegisterSelf() {
   const pb::Node* node = sm_.GetNode(opts_.node_name);
   const pb::Check* serf = sm_.GetCheck(opts_.node_name, kSerfHealth);
-  if (node && node->address() == opts_.advertise_address && serf && serf->status() == "passing") {
+  if (node && node->address() == opts_.advertise_address && node->id() == opts_.node_id && serf &&
+      serf->status() == "passing") {
     return;
   }
   pb::Command cmd;
   auto* reg = cmd.mutable_register_node();
   reg->mutable_node()->set_name(opts_.node_name);
   reg->mutable_node()->set_address(opts_.advertise_address);
+  reg->mutable_node()->set_id(opts_.node_id);
   auto* check = reg->add_checks();
   check->set_id(kSerfHealth);
   check->set_name("Serf Health Status");

@@ -20,6 +20,7 @@ namespace haven::node {
 
 struct RegistryNodeOptions {
   std::string node_name;
+  std::string node_id;  // a UUID kept in the data dir (Consul's node ID)
   std::string advertise_address = "127.0.0.1";
   uint64_t snapshot_every_entries = 20'000;  // log entries between two snapshots
   int64_t probe_timeout_ceiling_ms = 60'000;

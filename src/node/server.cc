@@ -1,11 +1,14 @@
 #include "node/server.h"
 
-#include <csignal>
-#include <filesystem>
 #include <unistd.h>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/uuid.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
 #include "node/consul_api.h"
@@ -41,6 +44,27 @@ std::string HostName() {
   return buf;
 }
 
+// The node's UUID lives in the data dir so that it survives restarts, as Consul's node-id file
+// does.
+Result<std::string> LoadOrCreateNodeId(const std::string& data_dir) {
+  std::string path = data_dir + "/node-id";
+  if (std::ifstream in(path); in) {
+    std::string id;
+    std::getline(in, id);
+    if (id.size() == 36) return id;
+    return Status::InvalidArgument(path + " does not hold a UUID; delete it to make a new one");
+  }
+  std::string id = NewUuid();
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << id << "\n";
+    if (!out.flush()) return Status::IoError("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) return Status::IoError("cannot create " + path);
+  return id;
+}
+
 }  // namespace
 
 int RunServer(const ServerOptions& opts) {
@@ -65,7 +89,14 @@ int RunServer(const ServerOptions& opts) {
 
   auto store = storage::OpenRocksLogStore(opts.data_dir + "/raft");
   if (!store.ok()) {
-    HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir, store.status().message());
+    HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir,
+               store.status().message());
+    return 1;
+  }
+
+  auto node_id = LoadOrCreateNodeId(opts.data_dir);
+  if (!node_id.ok()) {
+    HLOG_ERROR("node_id_failed", "error=\"{}\"", node_id.status().message());
     return 1;
   }
 
@@ -73,7 +104,9 @@ int RunServer(const ServerOptions& opts) {
   net::IoRuntime io(1);  // one executor thread: the registry state needs no locks
   RegistryNodeOptions node_opts;
   node_opts.node_name = opts.node_name.empty() ? HostName() : opts.node_name;
-  node_opts.advertise_address = opts.advertise_address.empty() ? http->host : opts.advertise_address;
+  node_opts.node_id = *node_id;
+  node_opts.advertise_address =
+      opts.advertise_address.empty() ? http->host : opts.advertise_address;
   node_opts.snapshot_every_entries = opts.snapshot_every_entries;
   RegistryNode node(node_opts, io, **store, clock);
   if (Status s = node.Recover(); !s.ok()) {
@@ -87,9 +120,7 @@ int RunServer(const ServerOptions& opts) {
   http_opts.max_connections = opts.max_connections;
   // Longer than the longest blocking query (10 min + jitter), so the idle timer never cuts one.
   http_opts.idle_timeout_ms = 11 * 60 * 1000;
-  ConsulApiOptions api_opts;
-  api_opts.http_address = opts.http;
-  auto api = std::make_unique<ConsulApi>(node, api_opts);
+  std::unique_ptr<ConsulApi> api;  // made once the bound address is known; no request runs before
   net::HttpServer server(io, http_opts, [&api](net::HttpRequest req, net::Responder respond) {
     api->Handle(std::move(req), std::move(respond));
   });
@@ -97,6 +128,9 @@ int RunServer(const ServerOptions& opts) {
     HLOG_ERROR("listen_failed", "http={} error=\"{}\"", opts.http, s.ToString());
     return 1;
   }
+  ConsulApiOptions api_opts;
+  api_opts.http_address = server.address();
+  api = std::make_unique<ConsulApi>(node, api_opts);
   io.Start();
   node.Start();
   HLOG_INFO("listening", "http={} node={} data_dir={}", server.address(), node_opts.node_name,

@@ -1,4 +1,5 @@
-// Server: `haven server` put together: storage, the registry node, the HTTP API; runs until a signal.
+// Server: `haven server` put together: storage, the registry node, the HTTP API; runs until a
+// signal.
 #pragma once
 
 #include <string>

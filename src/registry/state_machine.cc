@@ -68,6 +68,7 @@ struct StateMachine::ApplyCtx {
   int64_t now_unix_ms = 0;
   Status status;
   bool success = true;
+  int failed_op = -1;
   std::set<Table> tables;
   std::set<CheckKey> checks;
   std::set<std::string> sessions;
@@ -138,6 +139,7 @@ ApplyResult StateMachine::Apply(uint64_t index, const pb::Command& cmd) {
   }
   result.status = std::move(ctx.status);
   result.success = ctx.success;
+  result.failed_op = ctx.failed_op;
   result.checks_changed.assign(ctx.checks.begin(), ctx.checks.end());
   result.sessions_changed.assign(ctx.sessions.begin(), ctx.sessions.end());
   result.kv_keys_changed.assign(ctx.keys.begin(), ctx.keys.end());
@@ -317,10 +319,11 @@ void StateMachine::ApplyTxn(const pb::Txn& c, ApplyCtx& ctx) {
   scratch.index = ctx.index;
   scratch.now_unix_ms = ctx.now_unix_ms;
   std::vector<KVUndo> undo;
-  for (const auto& op : c.ops()) {
-    auto applied = DoKVOp(op, scratch, &undo);
+  for (int i = 0; i < c.ops_size(); ++i) {
+    auto applied = DoKVOp(c.ops(i), scratch, &undo);
     if (!applied.ok() || !*applied) {
       RollBack(undo);
+      ctx.failed_op = i;
       if (!applied.ok()) return ctx.Fail(applied.status());
       ctx.success = false;
       return;
@@ -420,6 +423,7 @@ void StateMachine::UpsertNode(const pb::Node& in, ApplyCtx& ctx) {
   }
   pb::Node merged = it->second;
   if (!in.address().empty()) merged.set_address(in.address());
+  if (!in.id().empty()) merged.set_id(in.id());
   if (!in.meta().empty()) *merged.mutable_meta() = in.meta();
   if (!in.tagged_addresses().empty()) *merged.mutable_tagged_addresses() = in.tagged_addresses();
   if (Same(merged, it->second)) return;

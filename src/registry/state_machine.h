@@ -46,6 +46,7 @@ struct ApplyResult {
                                               // reconciles these)
   std::vector<std::string> sessions_changed;  // sessions created or destroyed
   std::vector<std::string> kv_keys_changed;   // keys set or deleted
+  int failed_op = -1;  // txn: the position of the op that failed (Consul's Errors[].OpIndex)
 };
 
 class StateMachine {

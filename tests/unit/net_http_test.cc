@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/metrics.h"
 #include "net/http_client.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
@@ -281,6 +282,33 @@ TEST_F(ServerFixture, StopWhileRequestPending) {
   respond(Text(200, "too late"));  // harmless
   HttpClient fresh(BaseUrl(), 1000);
   EXPECT_FALSE(fresh.Request("GET", "/").ok());  // the listener is closed
+}
+
+TEST_F(ServerFixture, ClientHangupWhileParkedClosesTheConnection) {
+  std::promise<void> parked;
+  StartServer([&](HttpRequest, Responder respond) {
+    Park(std::move(respond));
+    parked.set_value();
+  });
+  metrics::Gauge& open = metrics::Registry::Default().GetGauge("haven_http_connections", "");
+  double before = open.Value();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(server_->port());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  std::string req = "GET /block HTTP/1.1\r\nHost: x\r\n\r\n";
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  ASSERT_EQ(parked.get_future().wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(open.Value(), before + 1);
+  ::close(fd);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (open.Value() != before && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(open.Value(), before);
+  parked_.back()(Text(200, "nobody listens"));  // harmless
 }
 
 TEST_F(ServerFixture, ClientTimesOutOnSilentServer) {

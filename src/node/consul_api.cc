@@ -333,9 +333,7 @@ void ConsulApi::CatalogService(const HttpRequest& req, const std::string& name,
   if (name.empty()) return respond(Text(400, "Missing service name"));
   const auto& sm = node_.state();
   auto tags = QueryAll(req, "tag");
-  auto index = [&sm] {
-    return std::max(sm.TableIndex(Table::kServices), sm.TableIndex(Table::kNodes));
-  };
+  auto index = [&sm, name] { return sm.ServiceNameIndex(name); };
   Blocking(req, respond, {Table::kServices, Table::kNodes}, index, [&sm, name, tags, index] {
     json::array out;
     for (const auto* s : sm.ServiceInstances(name, tags)) {
@@ -392,10 +390,8 @@ void ConsulApi::HealthService(const HttpRequest& req, const std::string& name, R
   const auto& sm = node_.state();
   auto tags = QueryAll(req, "tag");
   bool passing_only = req.HasQuery("passing") && *req.Query("passing") != "false";
-  auto index = [&sm] {
-    return std::max({sm.TableIndex(Table::kServices), sm.TableIndex(Table::kChecks),
-                     sm.TableIndex(Table::kNodes)});
-  };
+  // Per service name, as Consul does: a change to another service does not wake this query.
+  auto index = [&sm, name] { return sm.ServiceNameIndex(name); };
   Blocking(req, respond, {Table::kServices, Table::kChecks, Table::kNodes}, index,
            [&sm, name, tags, passing_only, index] {
              json::array out;

@@ -100,6 +100,7 @@ ApplyResult StateMachine::Apply(uint64_t index, const pb::Command& cmd) {
   }
   ApplyCtx ctx;
   ctx.index = index;
+  applying_index_ = index;
   ctx.now_unix_ms = cmd.now_unix_ms();
   std::erase_if(lock_delay_until_, [&](const auto& kv) { return kv.second <= ctx.now_unix_ms; });
   switch (cmd.op_case()) {
@@ -429,6 +430,7 @@ void StateMachine::UpsertNode(const pb::Node& in, ApplyCtx& ctx) {
   if (Same(merged, it->second)) return;
   merged.set_modify_index(ctx.index);
   it->second = std::move(merged);
+  TouchServicesOnNode(it->first);
   ctx.Touch(Table::kNodes);
 }
 
@@ -688,9 +690,26 @@ void StateMachine::EraseKV(const std::string& key) {
 
 // ---- index-maintaining setters ----
 
+void StateMachine::TouchServiceName(const std::string& name) {
+  if (applying_index_ > 0) service_name_index_[name] = applying_index_;
+}
+
+void StateMachine::TouchServicesOnNode(const std::string& node) {
+  for (auto it = services_.lower_bound({node, ""});
+       it != services_.end() && it->first.first == node; ++it) {
+    TouchServiceName(it->second.name());
+  }
+}
+
+uint64_t StateMachine::ServiceNameIndex(const std::string& name) const {
+  auto it = service_name_index_.find(name);
+  return it == service_name_index_.end() ? 0 : it->second;
+}
+
 void StateMachine::PutService(pb::Service svc) {
   ServiceKey key{svc.node(), svc.id()};
   EraseService(key);
+  TouchServiceName(svc.name());
   services_by_name_[svc.name()].insert(key);
   services_.emplace(std::move(key), std::move(svc));
 }
@@ -698,6 +717,7 @@ void StateMachine::PutService(pb::Service svc) {
 void StateMachine::EraseService(const ServiceKey& key) {
   auto it = services_.find(key);
   if (it == services_.end()) return;
+  TouchServiceName(it->second.name());
   auto nit = services_by_name_.find(it->second.name());
   if (nit != services_by_name_.end()) {
     nit->second.erase(key);
@@ -709,6 +729,11 @@ void StateMachine::EraseService(const ServiceKey& key) {
 void StateMachine::PutCheck(pb::Check chk) {
   CheckKey key{chk.node(), chk.id()};
   EraseCheck(key);
+  if (chk.service_name().empty()) {
+    TouchServicesOnNode(chk.node());
+  } else {
+    TouchServiceName(chk.service_name());
+  }
   checks_by_status_[chk.status()].insert(key);
   checks_.emplace(std::move(key), std::move(chk));
 }
@@ -716,6 +741,11 @@ void StateMachine::PutCheck(pb::Check chk) {
 void StateMachine::EraseCheck(const CheckKey& key) {
   auto it = checks_.find(key);
   if (it == checks_.end()) return;
+  if (it->second.service_name().empty()) {
+    TouchServicesOnNode(it->second.node());
+  } else {
+    TouchServiceName(it->second.service_name());
+  }
   auto sit = checks_by_status_.find(it->second.status());
   if (sit != checks_by_status_.end()) {
     sit->second.erase(key);
@@ -759,6 +789,7 @@ pb::Snapshot StateMachine::TakeSnapshot() const {
   }
   for (const auto& [k, v] : tombstones_) (*snap.mutable_kv_tombstones())[k] = v;
   for (const auto& [k, v] : lock_delay_until_) (*snap.mutable_lock_delay_until_unix_ms())[k] = v;
+  for (const auto& [k, v] : service_name_index_) (*snap.mutable_service_name_index())[k] = v;
   return snap;
 }
 
@@ -777,6 +808,7 @@ void StateMachine::Restore(const pb::Snapshot& snap) {
   tombstones_.insert(snap.kv_tombstones().begin(), snap.kv_tombstones().end());
   lock_delay_until_.insert(snap.lock_delay_until_unix_ms().begin(),
                            snap.lock_delay_until_unix_ms().end());
+  service_name_index_.insert(snap.service_name_index().begin(), snap.service_name_index().end());
 }
 
 // ---- queries ----

@@ -92,7 +92,11 @@ class StateMachine {
   // Index for a blocking query on KV `prefix` (exact key when !recurse): the max ModifyIndex of the
   // matching entries and of tombstones (deleted keys) matching; if none, TableIndex(kKV).
   uint64_t KVQueryIndex(const std::string& prefix, bool recurse) const;
-  int64_t LockDelayUntilUnixMs(const std::string& key) const;  // 0: none
+  int64_t LockDelayUntilUnixMs(const std::string& key) const;
+  // Index of the last change to anything a health or catalog query on service `name` reads: its
+  // instances, their checks, their nodes and those nodes' checks (0: never existed). It stays after
+  // the last instance goes, so a blocking query sees the removal.
+  uint64_t ServiceNameIndex(const std::string& name) const;  // 0: none
   // Sessions
   const pb::Session* GetSession(const std::string& id) const;
   std::vector<const pb::Session*> Sessions() const;  // sorted by CreateIndex
@@ -147,6 +151,8 @@ class StateMachine {
   void PutSession(pb::Session s);
   void EraseSession(const std::string& id);
   void Clear();
+  void TouchServiceName(const std::string& name);
+  void TouchServicesOnNode(const std::string& node);
 
   uint64_t last_applied_ = 0;
   std::array<uint64_t, 5> table_index_{};
@@ -158,6 +164,8 @@ class StateMachine {
   std::map<std::string, pb::Session> sessions_;
   std::map<std::string, uint64_t> tombstones_;
   std::map<std::string, int64_t> lock_delay_until_;
+  std::map<std::string, uint64_t> service_name_index_;
+  uint64_t applying_index_ = 0;  // the index of the command being applied (for the setters)
 
   // Secondary indexes, rebuilt by Restore.
   std::map<std::string, std::set<ServiceKey>> services_by_name_;

@@ -505,3 +505,39 @@ TEST_F(SessionTest, SnapshotRoundTrip) {
 
 }  // namespace
 }  // namespace haven::registry
+
+namespace haven::registry {
+namespace {
+
+TEST_F(StateMachineTest, ServiceNameIndexMovesOnlyForThatService) {
+  MustApply(RegisterService("n1", "web", "web-1", {}, {MakeCheck("c1")}));
+  MustApply(RegisterService("n1", "db", "db-1"));
+  uint64_t web = sm_.ServiceNameIndex("web");
+  EXPECT_EQ(web, 1u);
+  EXPECT_EQ(sm_.ServiceNameIndex("db"), 2u);
+  EXPECT_EQ(sm_.ServiceNameIndex("never"), 0u);
+
+  MustApply(RegisterService("n2", "other", "o-1"));  // another service: web does not move
+  EXPECT_EQ(sm_.ServiceNameIndex("web"), web);
+
+  MustApply(SetStatus("n1", "c1", "passing"));  // its own check moves it
+  EXPECT_EQ(sm_.ServiceNameIndex("web"), index_);
+  EXPECT_EQ(sm_.ServiceNameIndex("db"), 2u);
+
+  MustApply(
+      RegisterNode("n1", {MakeCheck("node-check")}));  // a node check moves every service on n1
+  EXPECT_EQ(sm_.ServiceNameIndex("web"), index_);
+  EXPECT_EQ(sm_.ServiceNameIndex("db"), index_);
+  EXPECT_LT(sm_.ServiceNameIndex("other"), index_);
+
+  MustApply(Deregister("n1", "web-1"));  // removal moves it, and the index stays afterwards
+  EXPECT_EQ(sm_.ServiceNameIndex("web"), index_);
+
+  StateMachine restored;
+  restored.Restore(sm_.TakeSnapshot());
+  EXPECT_EQ(restored.ServiceNameIndex("web"), index_);
+  EXPECT_EQ(restored.ServiceNameIndex("other"), sm_.ServiceNameIndex("other"));
+}
+
+}  // namespace
+}  // namespace haven::registry

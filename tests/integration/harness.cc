@@ -1,0 +1,396 @@
+// Integration-test harness: child process control, temp dirs, deadlines and HTTP helpers.
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "net/http_client.h"
+#include "net/http_server.h"
+#include "net/io_runtime.h"
+
+namespace haven::itest {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+int64_t NowMs() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+bool WaitFor(const std::function<bool()>& predicate, int64_t deadline_ms, int64_t poll_ms) {
+  const int64_t until = NowMs() + deadline_ms;
+  while (true) {
+    if (predicate()) return true;
+    if (NowMs() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+  }
+}
+
+// ---- TempDir ----
+
+TempDir::TempDir() {
+  std::string templ = "/tmp/haven-itest-XXXXXX";
+  if (mkdtemp(templ.data()) == nullptr) {
+    std::cerr << "mkdtemp failed: " << std::strerror(errno) << "\n";
+    std::abort();  // nothing in a test can work without its directory
+  }
+  path_ = templ;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+// ---- ServerProcess ----
+
+ServerProcess::ServerProcess(std::vector<std::string> extra_args)
+    : extra_args_(std::move(extra_args)),
+      data_dir_(root_.path() + "/data"),
+      log_path_(root_.path() + "/server.log") {
+  // The log lives in the data dir's parent so a server wiping its data dir keeps the log.
+  ::mkdir(data_dir_.c_str(), 0755);
+}
+
+ServerProcess::~ServerProcess() { (void)Kill(); }
+
+std::string ServerProcess::base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+std::string ServerProcess::ReadLog() const {
+  std::ifstream in(log_path_, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Status ServerProcess::Spawn() {
+  int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IoError("open log: " + std::string(std::strerror(errno)));
+  struct stat st {};
+  ::fstat(fd, &st);
+  log_offset_ = static_cast<size_t>(st.st_size);
+
+  std::vector<std::string> args = {HAVEN_BINARY, "server",      "--data-dir",  data_dir_,
+                                   "--http",     "127.0.0.1:0", "--node-name", "test-node"};
+  args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fd);
+    return Status::IoError("fork: " + std::string(std::strerror(errno)));
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec. Dies with the test if the test dies.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(126);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(fd);
+  pid_ = pid;
+  port_ = 0;
+  return Status::Ok();
+}
+
+Status ServerProcess::AwaitListening(int64_t deadline_ms) {
+  static const std::string kMarker = "event=listening";
+  static const std::string kHttp = "http=127.0.0.1:";
+  std::string failure;
+  bool found = WaitFor(
+      [&] {
+        int wstatus = 0;
+        if (::waitpid(pid_, &wstatus, WNOHANG) == pid_) {
+          pid_ = -1;
+          failure = "server exited before listening (wait status " + std::to_string(wstatus) + ")";
+          return true;
+        }
+        std::string log = ReadLog();
+        if (log.size() <= log_offset_) return false;
+        std::string_view run = std::string_view(log).substr(log_offset_);
+        size_t at = run.find(kMarker);
+        if (at == std::string_view::npos) return false;
+        size_t line_end = run.find('\n', at);
+        if (line_end == std::string_view::npos) return false;  // line not complete yet
+        std::string_view line = run.substr(at, line_end - at);
+        size_t h = line.find(kHttp);
+        if (h == std::string_view::npos) return false;
+        port_ = std::atoi(std::string(line.substr(h + kHttp.size())).c_str());
+        return true;
+      },
+      deadline_ms, 5);
+  if (!failure.empty()) return Status::Unavailable(failure);
+  if (!found || port_ <= 0) {
+    (void)Kill();
+    return Status::Unavailable("no event=listening line within " + std::to_string(deadline_ms) +
+                               " ms");
+  }
+  return Status::Ok();
+}
+
+Status ServerProcess::Start(int64_t deadline_ms) {
+  if (running()) return Status::Internal("already running");
+  Status s = Spawn();
+  if (!s.ok()) return s;
+  return AwaitListening(deadline_ms);
+}
+
+Status ServerProcess::Kill() {
+  if (!running()) return Status::Ok();
+  ::kill(pid_, SIGKILL);
+  int wstatus = 0;
+  while (::waitpid(pid_, &wstatus, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  return Status::Ok();
+}
+
+Result<ExitInfo> ServerProcess::Terminate(int64_t deadline_ms) {
+  if (!running()) return Status::Internal("not running");
+  ::kill(pid_, SIGTERM);
+  int wstatus = 0;
+  bool exited = WaitFor([&] { return ::waitpid(pid_, &wstatus, WNOHANG) == pid_; }, deadline_ms, 5);
+  if (!exited) {
+    (void)Kill();
+    return Status::Unavailable("no exit within " + std::to_string(deadline_ms) +
+                               " ms of SIGTERM; killed");
+  }
+  pid_ = -1;
+  ExitInfo info;
+  info.exited = WIFEXITED(wstatus);
+  if (info.exited) info.code = WEXITSTATUS(wstatus);
+  if (WIFSIGNALED(wstatus)) info.signal = WTERMSIG(wstatus);
+  return info;
+}
+
+Status ServerProcess::Restart(int64_t deadline_ms) {
+  Status s = Kill();
+  if (!s.ok()) return s;
+  return Start(deadline_ms);
+}
+
+// ---- Api ----
+
+struct Api::Impl {
+  Impl(std::string url, int64_t timeout_ms) : client(std::move(url), timeout_ms) {}
+  net::HttpClient client;
+};
+
+Api::Api(std::string base_url, int64_t timeout_ms)
+    : impl_(std::make_unique<Impl>(std::move(base_url), timeout_ms)) {}
+Api::~Api() = default;
+Api::Api(Api&&) noexcept = default;
+Api& Api::operator=(Api&&) noexcept = default;
+
+Reply Api::Do(std::string_view method, std::string_view target, std::string_view body) {
+  Reply r;
+  auto res = impl_->client.Request(method, target, body);
+  if (!res.ok()) {
+    r.body = res.status().ToString();
+    return r;
+  }
+  r.status = res->status;
+  r.body = std::move(res->body);
+  if (const std::string* idx = res->Header("x-consul-index")) {
+    r.index = std::strtoull(idx->c_str(), nullptr, 10);
+  }
+  if (const std::string* ct = res->Header("content-type")) r.content_type = *ct;
+  return r;
+}
+
+// ---- JSON and metrics helpers ----
+
+json::value ParseJson(std::string_view text) {
+  boost::system::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec) return nullptr;
+  return v;
+}
+
+std::optional<double> MetricValue(std::string_view text, std::string_view name) {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.size() <= name.size() || line.substr(0, name.size()) != name) continue;
+    char next = line[name.size()];
+    if (next != ' ' && next != '{') continue;
+    size_t sp = line.rfind(' ');
+    if (sp == std::string_view::npos) continue;
+    return std::strtod(std::string(line.substr(sp + 1)).c_str(), nullptr);
+  }
+  return std::nullopt;
+}
+
+std::string CheckStatus(Api& api, std::string_view service, std::string_view check_id) {
+  Reply r = api.Get("/v1/health/checks/" + std::string(service));
+  json::value v = ParseJson(r.body);
+  if (!r.ok() || !v.is_array()) return "";
+  for (const auto& c : v.as_array()) {
+    if (!c.is_object()) continue;
+    const auto* id = c.as_object().if_contains("CheckID");
+    const auto* st = c.as_object().if_contains("Status");
+    if (id && st && id->is_string() && st->is_string() && id->as_string() == check_id) {
+      return std::string(st->as_string());
+    }
+  }
+  return "";
+}
+
+int CatalogCount(Api& api, std::string_view service) {
+  Reply r = api.Get("/v1/catalog/service/" + std::string(service));
+  json::value v = ParseJson(r.body);
+  if (!r.ok() || !v.is_array()) return -1;
+  return static_cast<int>(v.as_array().size());
+}
+
+// ---- raw sockets ----
+
+namespace {
+
+int ConnectLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+std::string SendRaw(int port, std::string_view bytes, int64_t timeout_ms) {
+  int fd = ConnectLoopback(port);
+  if (fd < 0) return "";
+  // A server that stops reading must not block the test forever.
+  timeval tv{static_cast<time_t>(timeout_ms / 1000),
+             static_cast<suseconds_t>(timeout_ms % 1000 * 1000)};
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  std::string out;
+  const int64_t until = NowMs() + timeout_ms;
+  char buf[4096];
+  while (NowMs() < until && out.size() < (1 << 20)) {
+    pollfd p{fd, POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(1, until - NowMs())));
+    if (n <= 0) break;
+    ssize_t got = ::recv(fd, buf, sizeof buf, 0);
+    if (got <= 0) break;
+    out.append(buf, static_cast<size_t>(got));
+  }
+  ::close(fd);
+  return out;
+}
+
+ListeningSocket::ListeningSocket() {
+  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) return;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(fd_, 128) != 0 ||
+      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    Close();
+    return;
+  }
+  port_ = ntohs(addr.sin_port);
+}
+
+ListeningSocket::~ListeningSocket() { Close(); }
+
+void ListeningSocket::Close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+// ---- Backend ----
+
+struct Backend::Impl {
+  net::IoRuntime runtime{1};
+  std::atomic<int> status{200};
+  std::atomic<int64_t> hits{0};
+  std::atomic<int64_t> errors{0};
+  std::unique_ptr<net::HttpServer> server;
+};
+
+Backend::Backend() : impl_(std::make_unique<Impl>()) {
+  net::HttpServerOptions opts;
+  opts.port = 0;
+  Impl* impl = impl_.get();
+  impl->server = std::make_unique<net::HttpServer>(
+      impl->runtime, opts, [impl](net::HttpRequest, net::Responder respond) {
+        net::HttpResponse resp;
+        resp.status = impl->status.load();
+        impl->hits.fetch_add(1);
+        if (resp.status >= 300) impl->errors.fetch_add(1);
+        resp.content_type = "text/plain";
+        resp.body = "status " + std::to_string(resp.status);
+        respond(std::move(resp));
+      });
+  impl->runtime.Start();
+  start_status_ = impl->server->Start();
+}
+
+Backend::~Backend() {
+  impl_->server->Stop();
+  impl_->runtime.Stop();
+}
+
+int Backend::port() const { return impl_->server->port(); }
+void Backend::set_status(int status) { impl_->status.store(status); }
+int64_t Backend::hits() const { return impl_->hits.load(); }
+int64_t Backend::errors() const { return impl_->errors.load(); }
+
+// ---- ServerTest ----
+
+void ServerTest::SetUp() {
+  server_ = std::make_unique<ServerProcess>(ExtraArgs());
+  Status s = server_->Start();
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  api_ = std::make_unique<Api>(server_->base_url());
+}
+
+void ServerTest::TearDown() {
+  if (HasFailure() && server_) {
+    std::cerr << "---- server log (" << server_->log_path() << ") ----\n"
+              << server_->ReadLog() << "---- end of server log ----\n";
+  }
+}
+
+}  // namespace haven::itest

@@ -61,6 +61,7 @@ void HealthTracker::StartTracking(const CheckKey& key, const pb::Check& check, M
     Push(probes_, now, TimerKind::kProbe, key);
   }
   NoteStatus(key, t, check.status(), now);
+  t.output = check.output();
 }
 
 void HealthTracker::UpdateTracking(const CheckKey& key, TrackedCheck& t, const pb::Check& check,
@@ -83,6 +84,7 @@ void HealthTracker::UpdateTracking(const CheckKey& key, TrackedCheck& t, const p
   }
   t.service_id = check.service_id();
   NoteStatus(key, t, check.status(), now);
+  t.output = check.output();
 }
 
 void HealthTracker::NoteStatus(const CheckKey& key, TrackedCheck& t, const std::string& status,
@@ -137,13 +139,18 @@ Result<std::optional<HealthAction>> HealthTracker::OnResult(const CheckKey& key,
     t.ttl_deadline = now + t.def.ttl_ms();
     Push(timers_, *t.ttl_deadline, TimerKind::kTtl, key);
   }
+  std::string out = output.substr(0, kMaxCheckOutputBytes);
   std::optional<std::string> target = DampedStatus(t, status);
-  if (!target || *target == t.status) return std::optional<HealthAction>();
-  NoteStatus(key, t, *target, now);
-  HealthAction action{
-      HealthAction::Kind::kSetStatus, key.node, key.check_id, *target, output, {}, {}};
-  if (action.output.size() > kMaxCheckOutputBytes) action.output.resize(kMaxCheckOutputBytes);
-  return std::optional<HealthAction>(std::move(action));
+  bool status_changes = target && *target != t.status;
+  bool output_due = out != t.output &&
+                    (!t.output_written_at || now - *t.output_written_at >= kOutputSyncIntervalMs);
+  if (!status_changes && !output_due) return std::optional<HealthAction>();
+  std::string new_status = status_changes ? *target : t.status;
+  NoteStatus(key, t, new_status, now);
+  t.output = out;
+  t.output_written_at = now;
+  return std::optional<HealthAction>(HealthAction{
+      HealthAction::Kind::kSetStatus, key.node, key.check_id, new_status, out, {}, {}});
 }
 
 size_t HealthTracker::tracked_checks() const { return checks_.size(); }
@@ -225,7 +232,9 @@ std::optional<HealthAction> HealthTracker::FireTimer(const Timer& timer, MonoMs 
   t.successes = 0;
   if (t.status == kCritical) return std::nullopt;
   NoteStatus(key, t, kCritical, now);
-  return HealthAction{Kind::kSetStatus, key.node, key.check_id, kCritical, "TTL expired", {}, {}};
+  t.output = "TTL expired";
+  t.output_written_at = now;
+  return HealthAction{Kind::kSetStatus, key.node, key.check_id, kCritical, t.output, {}, {}};
 }
 
 std::vector<HealthAction> HealthTracker::Tick(MonoMs now) {

@@ -23,6 +23,10 @@ namespace haven::registry {
 inline constexpr int64_t kDefaultProbeIntervalMs = 10'000;
 inline constexpr int64_t kMinProbeIntervalMs = 100;
 inline constexpr int64_t kMaxProbeIntervalMs = 24LL * 3600 * 1000;
+// A change of a check's output alone (same status) is written at most this often per check, as
+// Consul's check_update_interval does; the first output of a newly tracked check is written at
+// once.
+inline constexpr int64_t kOutputSyncIntervalMs = 60'000;
 
 struct HealthAction {
   enum class Kind { kSetStatus, kDeregisterService, kDestroySession };
@@ -42,8 +46,9 @@ class HealthTracker {
   // A TTL update (pass/warn/fail/update; status in passing|warning|critical) or a probe result for
   // an HTTP/TCP check. Flap damping (success_before_passing / failures_before_critical) applies to
   // transitions to passing and to critical; warning is immediate. Resets the TTL deadline for TTL
-  // checks. Returns a kSetStatus action only when the resulting status differs from the last
-  // committed-or-proposed status (a heartbeat on a passing check costs no write). NotFound if the
+  // checks. Returns a kSetStatus action when the resulting status differs from the last
+  // committed-or-proposed status, or when only the output changed and the last output write is
+  // kOutputSyncIntervalMs old (a heartbeat that repeats itself costs no write). NotFound if the
   // check is not tracked, InvalidArgument for an unknown status.
   Result<std::optional<HealthAction>> OnResult(const CheckKey& key, const std::string& status,
                                                const std::string& output, MonoMs now);
@@ -76,7 +81,9 @@ class HealthTracker {
     pb::CheckDefinition def;
     std::string service_id;
     std::string status;  // last committed-or-proposed
-    int successes = 0;   // consecutive, for damping
+    std::string output;  // last committed-or-proposed
+    std::optional<MonoMs> output_written_at;
+    int successes = 0;  // consecutive, for damping
     int failures = 0;
     std::optional<MonoMs> ttl_deadline;
     std::optional<MonoMs> next_probe;

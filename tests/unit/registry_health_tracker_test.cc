@@ -78,6 +78,7 @@ TEST_F(HealthTrackerTest, NewTrackerGivesFullTtlGrace) {
 
 TEST_F(HealthTrackerTest, HeartbeatOnPassingReturnsNoAction) {
   pb::Check c = TtlCheck(10'000, "passing");
+  c.set_output("out");  // the heartbeats repeat the committed output: nothing to write
   t_.OnCheckChanged(kKey, &c, now_);
   for (int i = 1; i <= 5; ++i) {
     EXPECT_EQ(ResultStatus(t_, "passing", now_ + i * 5'000), "");
@@ -104,6 +105,7 @@ TEST_F(HealthTrackerTest, FlapDampingCountsConsecutiveResults) {
   pb::Check c = HttpCheck(1'000);
   c.mutable_definition()->set_success_before_passing(3);
   c.mutable_definition()->set_failures_before_critical(2);
+  c.set_output("out");  // same output as the results: only the status damping is under test
   t_.OnCheckChanged(kKey, &c, now_);
   EXPECT_EQ(ResultStatus(t_, "passing", now_), "");
   EXPECT_EQ(ResultStatus(t_, "passing", now_), "");
@@ -216,6 +218,33 @@ TEST_F(HealthTrackerTest, ManyChecksAndHeartbeatsStayBounded) {
   }
   EXPECT_THAT(t_.Tick(now_ + 29'999), IsEmpty());
   EXPECT_EQ(t_.Tick(now_ + 30'000).size(), static_cast<size_t>(kChecks));
+}
+
+}  // namespace
+}  // namespace haven::registry
+
+namespace haven::registry {
+namespace {
+
+TEST_F(HealthTrackerTest, OutputAloneIsWrittenFirstThenAtMostOncePerInterval) {
+  pb::Check c = HttpCheck(1'000);  // starts critical with no output
+  t_.OnCheckChanged(kKey, &c, now_);
+  auto first = t_.OnResult(kKey, "critical", "connection refused", now_);
+  ASSERT_TRUE(first.ok() && first->has_value());  // the first output is written at once
+  EXPECT_EQ((*first)->status, "critical");
+  EXPECT_EQ((*first)->output, "connection refused");
+  c.set_output("connection refused");
+  t_.OnCheckChanged(kKey, &c, now_ + 10);
+
+  auto same = t_.OnResult(kKey, "critical", "connection refused", now_ + 1'000);
+  ASSERT_TRUE(same.ok());
+  EXPECT_FALSE(same->has_value());  // nothing new: no write
+  auto soon = t_.OnResult(kKey, "critical", "timeout", now_ + 2'000);
+  ASSERT_TRUE(soon.ok());
+  EXPECT_FALSE(soon->has_value());  // new output, but the last write is recent
+  auto later = t_.OnResult(kKey, "critical", "timeout", now_ + kOutputSyncIntervalMs);
+  ASSERT_TRUE(later.ok() && later->has_value());
+  EXPECT_EQ((*later)->output, "timeout");
 }
 
 }  // namespace

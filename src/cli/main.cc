@@ -8,7 +8,9 @@
 #include "cli/client_commands.h"
 #include "node/server.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv) {
   haven::log::Init();
   CLI::App app{"haven: a service registry, failover proxy and message queue in one binary"};
   app.require_subcommand(1);
@@ -50,4 +52,17 @@ int main(int argc, char** argv) {
   }
   if (server->parsed()) return haven::node::RunServer(server_opts);
   return haven::cli::RunClientCommand(app, client_opts);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Nothing should throw past the layers (they return Status); this is the last guard so that a
+  // surprise ends with a message and exit code 1, not an abort.
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "haven: fatal: " << e.what() << "\n";
+    return 1;
+  }
 }

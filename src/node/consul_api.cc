@@ -146,7 +146,7 @@ ConsulApi::ConsulApi(RegistryNode& node, ConsulApiOptions opts)
   };
 }
 
-void ConsulApi::Handle(HttpRequest req, Responder respond) {
+void ConsulApi::Handle(const HttpRequest& req, Responder respond) {
   const Route* match = nullptr;
   bool path_known = false;
   std::string tail;
@@ -188,8 +188,8 @@ void ConsulApi::Handle(HttpRequest req, Responder respond) {
 
 // ---------------------------------------------------------------- helpers
 
-void ConsulApi::Blocking(const HttpRequest& req, Responder& respond, std::vector<Table> tables,
-                         IndexFn index_fn, RenderFn render) {
+void ConsulApi::Blocking(const HttpRequest& req, Responder& respond,
+                         const std::vector<Table>& tables, IndexFn index_fn, RenderFn render) {
   auto min_index = QueryUint(req, "index", 0);
   if (!min_index.ok()) return respond(Error(min_index.status()));
   int64_t wait_ms = opts_.default_wait_ms;
@@ -211,7 +211,7 @@ void ConsulApi::Blocking(const HttpRequest& req, Responder& respond, std::vector
 void ConsulApi::ProposeAndReply(pb::Command cmd, Responder& respond,
                                 std::function<HttpResponse(const registry::ApplyResult&)> on_ok) {
   node_.Propose(std::move(cmd),
-                [respond, on_ok = std::move(on_ok)](Result<registry::ApplyResult> r) {
+                [respond, on_ok = std::move(on_ok)](const Result<registry::ApplyResult>& r) {
                   if (!r.ok()) return respond(Error(r.status()));
                   respond(on_ok ? on_ok(*r) : Bool(r->success));
                 });
@@ -287,7 +287,7 @@ void ConsulApi::TtlUpdate(const std::string& check_id, const std::string& status
                           const std::string& note, Responder& respond) {
   if (check_id.empty()) return respond(Text(400, "Missing check ID"));
   node_.UpdateTtl(check_id, status, note,
-                  [respond](Status s) { respond(s.ok() ? Text(200, "") : Error(s)); });
+                  [respond](const Status& s) { respond(s.ok() ? Text(200, "") : Error(s)); });
 }
 
 void ConsulApi::AgentCheckPass(const HttpRequest& req, const std::string& id, Responder& r) {

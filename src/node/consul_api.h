@@ -12,10 +12,10 @@
 namespace haven::node {
 
 struct ConsulApiOptions {
-  std::string http_address;                // this node's HTTP address, for /v1/status/*
-  size_t max_kv_value_bytes = 512 * 1024;  // Consul's kv_max_value_size
-  int64_t default_wait_ms = 5 * 60 * 1000;
-  int64_t max_wait_ms = 10 * 60 * 1000;
+  std::string http_address;                        // this node's HTTP address, for /v1/status/*
+  size_t max_kv_value_bytes = size_t{512} * 1024;  // Consul's kv_max_value_size
+  int64_t default_wait_ms = int64_t{5} * 60 * 1000;
+  int64_t max_wait_ms = int64_t{10} * 60 * 1000;
 };
 
 class ConsulApi {
@@ -23,7 +23,7 @@ class ConsulApi {
   ConsulApi(RegistryNode& node, ConsulApiOptions opts);
 
   // The HttpHandler. Must run on the node's executor.
-  void Handle(net::HttpRequest req, net::Responder respond);
+  void Handle(const net::HttpRequest& req, net::Responder respond);
 
  private:
   struct Route;
@@ -81,7 +81,7 @@ class ConsulApi {
   using IndexFn = std::function<uint64_t()>;
   using RenderFn = std::function<net::HttpResponse()>;
   void Blocking(const net::HttpRequest& req, net::Responder& respond,
-                std::vector<registry::Table> tables, IndexFn index_fn, RenderFn render);
+                const std::vector<registry::Table>& tables, IndexFn index_fn, RenderFn render);
   // Proposes and answers with `true`/`false` (or `on_ok` for other bodies) once applied.
   void ProposeAndReply(registry::pb::Command cmd, net::Responder& respond,
                        std::function<net::HttpResponse(const registry::ApplyResult&)> on_ok = {});

@@ -50,24 +50,26 @@ void LocalLog::Stop() {
 }
 
 void LocalLog::Propose(std::string data, DoneFn done) {
-  Status reject;
-  {
-    std::lock_guard lock(mu_);
-    if (stopping_) {
-      reject = Status::Unavailable("server is shutting down");
-    } else if (failed_) {
-      reject = Status::IoError("the log failed to write to disk; restart the server");
-    } else if (queue_.size() >= opts_.max_queued_proposals) {
-      reject = Status::Unavailable("too many writes in flight; retry");
-    } else {
-      queue_.push_back({std::move(data), std::move(done)});
-    }
-  }
+  Status reject = Admit();
   if (!reject.ok()) {
     executor_.Post([done = std::move(done), reject] { done(reject, 0); });
     return;
   }
+  {
+    std::lock_guard lock(mu_);
+    queue_.push_back({std::move(data), std::move(done)});
+  }
   cv_.notify_one();
+}
+
+Status LocalLog::Admit() {
+  std::lock_guard lock(mu_);
+  if (stopping_) return Status::Unavailable("server is shutting down");
+  if (failed_) return Status::IoError("the log failed to write to disk; restart the server");
+  if (queue_.size() >= opts_.max_queued_proposals) {
+    return Status::Unavailable("too many writes in flight; retry");
+  }
+  return Status::Ok();
 }
 
 void LocalLog::SaveSnapshotAsync(storage::Snapshot snap) {

@@ -39,6 +39,8 @@ class LocalLog final : public ReplicatedLog {
     std::string data;
     DoneFn done;
   };
+  // Why a proposal cannot be queued now (shutting down, failed disk, queue full), or Ok.
+  Status Admit();
   void WriterLoop();
   void WriteBatch(std::vector<Proposal> batch);
 

@@ -129,7 +129,7 @@ void RegistryNode::RegisterSelf() {
   check->set_node(opts_.node_name);
   check->set_status("passing");
   check->set_output("Agent alive and reachable");
-  Propose(std::move(cmd), [this](Result<registry::ApplyResult> r) {
+  Propose(std::move(cmd), [this](const Result<registry::ApplyResult>& r) {
     if (!r.ok()) {
       HLOG_ERROR("register_self_failed", "node={} error=\"{}\"", opts_.node_name,
                  r.status().ToString());
@@ -144,7 +144,7 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
   }
   cmd.set_now_unix_ms(clock_.NowUnixMs());
   std::string data = cmd.SerializeAsString();
-  log_->Propose(std::move(data), [this, done = std::move(done)](Status s, uint64_t index) {
+  log_->Propose(std::move(data), [this, done = std::move(done)](const Status& s, uint64_t index) {
     if (!s.ok()) {
       done(s);
       return;
@@ -236,7 +236,7 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
   set->set_check_id(check_id);
   set->set_status((*action)->status);
   set->set_output((*action)->output);
-  Propose(std::move(cmd), [done = std::move(done)](Result<registry::ApplyResult> r) {
+  Propose(std::move(cmd), [done = std::move(done)](const Result<registry::ApplyResult>& r) {
     done(r.ok() ? Status::Ok() : r.status());
   });
 }
@@ -319,7 +319,7 @@ void RegistryNode::ProposeHealthAction(const HealthAction& a) {
       HLOG_INFO("session_expired", "session={}", a.session_id);
       break;
   }
-  Propose(std::move(cmd), [](Result<registry::ApplyResult> r) {
+  Propose(std::move(cmd), [](const Result<registry::ApplyResult>& r) {
     if (!r.ok() && r.status().code() != Code::kNotFound) {
       HLOG_WARN("health_action_failed", "error=\"{}\"", r.status().ToString());
     }

@@ -1,6 +1,7 @@
 #include "node/server.h"
 
 #include <unistd.h>
+#include <array>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -39,9 +40,9 @@ Result<HostPort> ParseHostPort(const std::string& s) {
 }
 
 std::string HostName() {
-  char buf[256] = {0};
-  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "haven";
-  return buf;
+  std::array<char, 256> buf{};
+  if (gethostname(buf.data(), buf.size() - 1) != 0 || buf[0] == '\0') return "haven";
+  return buf.data();
 }
 
 // The node's UUID lives in the data dir so that it survives restarts, as Consul's node-id file
@@ -119,10 +120,10 @@ int RunServer(const ServerOptions& opts) {
   http_opts.port = http->port;
   http_opts.max_connections = opts.max_connections;
   // Longer than the longest blocking query (10 min + jitter), so the idle timer never cuts one.
-  http_opts.idle_timeout_ms = 11 * 60 * 1000;
+  http_opts.idle_timeout_ms = int64_t{11} * 60 * 1000;
   std::unique_ptr<ConsulApi> api;  // made once the bound address is known; no request runs before
   net::HttpServer server(io, http_opts, [&api](net::HttpRequest req, net::Responder respond) {
-    api->Handle(std::move(req), std::move(respond));
+    api->Handle(req, std::move(respond));
   });
   if (Status s = server.Start(); !s.ok()) {
     HLOG_ERROR("listen_failed", "http={} error=\"{}\"", opts.http, s.ToString());

@@ -28,12 +28,12 @@ struct CheckKey {
 // bad client cannot bloat the replicated state.
 inline constexpr size_t kMaxNameBytes = 512;
 inline constexpr size_t kMaxKeyBytes = 2048;
-inline constexpr size_t kMaxValueBytes = 512 * 1024;  // Consul's default kv_max_value_size
+inline constexpr size_t kMaxValueBytes = size_t{512} * 1024;  // Consul's default kv_max_value_size
 inline constexpr size_t kMaxTags = 64;
 inline constexpr size_t kMaxMetaPairs = 64;  // Consul's limit on node/service meta
 inline constexpr size_t kMaxChecksPerCommand = 64;
-inline constexpr size_t kMaxTxnOps = 64;                  // Consul's txn op limit
-inline constexpr size_t kMaxCheckOutputBytes = 4 * 1024;  // longer outputs are truncated
+inline constexpr size_t kMaxTxnOps = 64;                          // Consul's txn op limit
+inline constexpr size_t kMaxCheckOutputBytes = size_t{4} * 1024;  // longer outputs are truncated
 inline constexpr size_t kMaxNodeChecksPerSession = 64;
 
 struct ApplyResult {

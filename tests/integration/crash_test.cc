@@ -60,6 +60,10 @@ void WriteUntilDead(const std::string& base_url, int round, int thread,
 
 class CrashTest : public ServerTest {
  protected:
+  // Snapshots every 1,000 entries, so that kills also land during and after snapshots and the
+  // restart restores a snapshot plus the log after it.
+  std::vector<std::string> ExtraArgs() override { return {"--snapshot-every", "1000"}; }
+
   // Every acknowledged KV write under crash/rROUND/tTHREAD/ is present with its value.
   void ExpectKvPresent(const std::map<std::string, std::string>& acked, const std::string& prefix) {
     Reply r = api_->Get("/v1/kv/" + prefix + "?recurse");
@@ -151,6 +155,11 @@ TEST_F(CrashTest, AcknowledgedWritesSurviveSigkill) {
     std::cout << "round " << round << ": " << verified_ << " acknowledged writes intact\n";
     if (HasFailure()) return;
   }
+  // The last restart came from a snapshot, not from the whole log.
+  std::string log = server_->ReadLog();
+  auto at = log.rfind("event=recovered snapshot_index=");
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_NE(log.compare(at, 33, "event=recovered snapshot_index=0 "), 0) << log.substr(at, 120);
 
   auto exit = server_->Terminate(10000);
   ASSERT_TRUE(exit.ok()) << exit.status().ToString();

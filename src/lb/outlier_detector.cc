@@ -1,0 +1,100 @@
+// Passive outlier detection: N consecutive failures eject an endpoint for a time that doubles with
+// each ejection, capped, and never more than a set share of the endpoints at once.
+#include "lb/outlier_detector.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+namespace haven::lb {
+namespace {
+
+constexpr int kMaxConsecutiveFailures = 1'000'000;
+constexpr int64_t kMaxEjectionMs = 24LL * 3600 * 1000;  // a day: anything longer is a config error
+
+OutlierOptions Clamp(OutlierOptions o) {
+  o.consecutive_failures = std::clamp(o.consecutive_failures, 1, kMaxConsecutiveFailures);
+  o.base_ejection_ms = std::clamp<int64_t>(o.base_ejection_ms, 1, kMaxEjectionMs);
+  o.max_ejection_ms = std::clamp<int64_t>(o.max_ejection_ms, o.base_ejection_ms, kMaxEjectionMs);
+  if (!(o.max_ejected_fraction >= 0)) o.max_ejected_fraction = 0;  // also catches NaN
+  o.max_ejected_fraction = std::min(o.max_ejected_fraction, 1.0);
+  return o;
+}
+
+}  // namespace
+
+Status ValidateOutlierOptions(const OutlierOptions& o) {
+  if (o.consecutive_failures < 1 || o.consecutive_failures > kMaxConsecutiveFailures) {
+    return Status::InvalidArgument("outlier consecutive_failures must be in [1, 1000000]");
+  }
+  if (o.base_ejection_ms < 1 || o.base_ejection_ms > kMaxEjectionMs) {
+    return Status::InvalidArgument("outlier base_ejection_ms must be in [1 ms, 24 h]");
+  }
+  if (o.max_ejection_ms < o.base_ejection_ms || o.max_ejection_ms > kMaxEjectionMs) {
+    return Status::InvalidArgument("outlier max_ejection_ms must be in [base_ejection_ms, 24 h]");
+  }
+  if (!(o.max_ejected_fraction >= 0 && o.max_ejected_fraction <= 1)) {
+    return Status::InvalidArgument("outlier max_ejected_fraction must be in [0, 1]");
+  }
+  return Status::Ok();
+}
+
+OutlierDetector::OutlierDetector(OutlierOptions opts) : opts_(Clamp(opts)) {}
+
+void OutlierDetector::SetEndpoints(const std::vector<Endpoint>& eps) {
+  std::unordered_set<std::string> ids;
+  for (const auto& e : eps) ids.insert(e.id);
+  std::erase_if(states_, [&](const auto& kv) { return !ids.contains(kv.first); });
+  for (const auto& id : ids) states_.try_emplace(id);
+}
+
+bool OutlierDetector::OnResult(const std::string& id, bool failed, MonoMs now) {
+  auto it = states_.find(id);
+  if (it == states_.end()) return false;
+  State& s = it->second;
+  bool ejected = now < s.ejected_until;
+  if (!failed) {
+    s.consecutive_failures = 0;
+    // A long healthy spell after the last ejection forgives earlier ones: back to base time.
+    if (!ejected && s.ejections > 0 && now >= s.ejected_until + opts_.max_ejection_ms) {
+      s.ejections = 0;
+    }
+    return false;
+  }
+  if (ejected) return false;  // late results of requests sent before the ejection
+  s.consecutive_failures = std::min(s.consecutive_failures + 1, opts_.consecutive_failures);
+  if (s.consecutive_failures < opts_.consecutive_failures || !CanEjectAnother(now)) return false;
+  s.ejections = std::min(s.ejections + 1, 64);
+  s.ejected_until = now + EjectionMs(s.ejections);
+  s.consecutive_failures = 0;
+  ++ejections_total_;
+  return true;
+}
+
+bool OutlierDetector::IsEjected(const std::string& id, MonoMs now) const {
+  auto it = states_.find(id);
+  return it != states_.end() && now < it->second.ejected_until;
+}
+
+size_t OutlierDetector::ejected_count(MonoMs now) const {
+  return static_cast<size_t>(std::count_if(states_.begin(), states_.end(), [now](const auto& kv) {
+    return now < kv.second.ejected_until;
+  }));
+}
+
+bool OutlierDetector::CanEjectAnother(MonoMs now) const {
+  size_t n = states_.size();
+  if (n <= 1) return false;
+  auto by_fraction =
+      static_cast<size_t>(std::floor(static_cast<double>(n) * opts_.max_ejected_fraction));
+  size_t allowed = std::min(n - 1, by_fraction);
+  return ejected_count(now) < allowed;
+}
+
+int64_t OutlierDetector::EjectionMs(int ejections) const {
+  int64_t ms = opts_.base_ejection_ms;
+  for (int i = 1; i < ejections && ms < opts_.max_ejection_ms; ++i) ms *= 2;
+  return std::min(ms, opts_.max_ejection_ms);
+}
+
+}  // namespace haven::lb

@@ -1,0 +1,150 @@
+// Outlier detection: ejection after N consecutive failures, doubling, automatic return, max share.
+#include "lb/outlier_detector.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace haven::lb {
+namespace {
+
+std::vector<Endpoint> Numbered(int n) {
+  std::vector<Endpoint> out;
+  for (int i = 0; i < n; ++i) out.push_back({"e" + std::to_string(i), "h", 80, 1});
+  return out;
+}
+
+OutlierOptions Opts() {
+  OutlierOptions o;
+  o.consecutive_failures = 3;
+  o.base_ejection_ms = 1'000;
+  o.max_ejection_ms = 5'000;
+  o.max_ejected_fraction = 0.5;
+  return o;
+}
+
+// Feeds failures until one ejects (or `limit` is reached); returns how many it took.
+int FailUntilEjected(OutlierDetector& d, const std::string& id, MonoMs now, int limit = 100) {
+  for (int i = 1; i <= limit; ++i) {
+    if (d.OnResult(id, true, now)) return i;
+  }
+  return -1;
+}
+
+TEST(OutlierDetector, EjectsAfterConsecutiveFailures) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  EXPECT_FALSE(d.OnResult("e0", true, 0));
+  EXPECT_FALSE(d.OnResult("e0", true, 0));
+  EXPECT_FALSE(d.IsEjected("e0", 0));
+  EXPECT_TRUE(d.OnResult("e0", true, 0));
+  EXPECT_TRUE(d.IsEjected("e0", 0));
+  EXPECT_EQ(d.ejected_count(0), 1u);
+  EXPECT_EQ(d.ejections_total(), 1u);
+  EXPECT_FALSE(d.IsEjected("e1", 0));
+}
+
+TEST(OutlierDetector, SuccessResetsTheStreak) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_FALSE(d.OnResult("e0", true, 0));
+    EXPECT_FALSE(d.OnResult("e0", true, 0));
+    EXPECT_FALSE(d.OnResult("e0", false, 0));
+  }
+  EXPECT_FALSE(d.IsEjected("e0", 0));
+}
+
+TEST(OutlierDetector, EjectionTimeDoublesUpToMaxAndEndsAutomatically) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  MonoMs now = 10'000;
+  for (int64_t expected : {1'000, 2'000, 4'000, 5'000, 5'000}) {
+    ASSERT_EQ(FailUntilEjected(d, "e0", now), 3);
+    EXPECT_TRUE(d.IsEjected("e0", now + expected - 1)) << expected;
+    EXPECT_FALSE(d.IsEjected("e0", now + expected)) << expected;
+    now += expected;
+  }
+  EXPECT_EQ(d.ejections_total(), 5u);
+}
+
+TEST(OutlierDetector, LateFailuresWhileEjectedDoNotExtend) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  ASSERT_EQ(FailUntilEjected(d, "e0", 0), 3);
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(d.OnResult("e0", true, 500));
+  EXPECT_FALSE(d.IsEjected("e0", 1'000));
+}
+
+TEST(OutlierDetector, LongHealthySpellResetsDoubling) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  ASSERT_EQ(FailUntilEjected(d, "e0", 0), 3);      // 1 s
+  ASSERT_EQ(FailUntilEjected(d, "e0", 1'000), 3);  // 2 s, until 3'000
+  d.OnResult("e0", false, 3'000 + 5'000);          // healthy for max_ejection_ms after returning
+  ASSERT_EQ(FailUntilEjected(d, "e0", 9'000), 3);
+  EXPECT_FALSE(d.IsEjected("e0", 10'000));  // back to the 1 s base
+}
+
+TEST(OutlierDetector, NeverEjectsMoreThanTheMaxShare) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(5));  // 0.5 of 5 -> at most 2
+  EXPECT_EQ(FailUntilEjected(d, "e0", 0), 3);
+  EXPECT_EQ(FailUntilEjected(d, "e1", 0), 3);
+  EXPECT_EQ(FailUntilEjected(d, "e2", 0), -1);
+  EXPECT_FALSE(d.IsEjected("e2", 0));
+  EXPECT_EQ(d.ejected_count(0), 2u);
+  // Once e0 and e1 return, e2's streak is still counted and it is ejected on its next failure.
+  EXPECT_TRUE(d.OnResult("e2", true, 1'000));
+}
+
+TEST(OutlierDetector, AtLeastOneEndpointStays) {
+  OutlierOptions o = Opts();
+  o.max_ejected_fraction = 1.0;
+  OutlierDetector d(o);
+  d.SetEndpoints(Numbered(2));
+  EXPECT_EQ(FailUntilEjected(d, "e0", 0), 3);
+  EXPECT_EQ(FailUntilEjected(d, "e1", 0), -1);
+  OutlierDetector single(o);
+  single.SetEndpoints(Numbered(1));
+  EXPECT_EQ(FailUntilEjected(single, "e0", 0), -1);
+}
+
+TEST(OutlierDetector, ForgetsRemovedAndIgnoresUnknown) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  ASSERT_EQ(FailUntilEjected(d, "e0", 0), 3);
+  d.SetEndpoints(Numbered(4));  // same set: state kept
+  EXPECT_TRUE(d.IsEjected("e0", 10));
+  auto eps = Numbered(4);
+  eps.erase(eps.begin());
+  d.SetEndpoints(eps);
+  EXPECT_FALSE(d.IsEjected("e0", 10));
+  EXPECT_EQ(d.ejected_count(10), 0u);
+  EXPECT_EQ(FailUntilEjected(d, "nobody", 10), -1);
+  EXPECT_FALSE(d.IsEjected("nobody", 10));
+}
+
+TEST(OutlierDetector, ValidatesAndClampsOptions) {
+  EXPECT_TRUE(ValidateOutlierOptions(OutlierOptions{}).ok());
+  OutlierOptions bad;
+  bad.consecutive_failures = 0;
+  EXPECT_FALSE(ValidateOutlierOptions(bad).ok());
+  bad = {};
+  bad.max_ejected_fraction = 1.5;
+  EXPECT_FALSE(ValidateOutlierOptions(bad).ok());
+  bad = {};
+  bad.max_ejection_ms = 10;
+  EXPECT_FALSE(ValidateOutlierOptions(bad).ok());
+  OutlierOptions wild;
+  wild.consecutive_failures = -4;
+  wild.base_ejection_ms = -1;
+  wild.max_ejection_ms = 1LL << 62;
+  OutlierDetector d(wild);
+  EXPECT_EQ(d.options().consecutive_failures, 1);
+  EXPECT_GE(d.options().base_ejection_ms, 1);
+  EXPECT_LE(d.options().max_ejection_ms, 24LL * 3600 * 1000);
+}
+
+}  // namespace
+}  // namespace haven::lb

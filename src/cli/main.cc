@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "cli/client_commands.h"
+#include "cli/proxy_command.h"
 #include "node/server.h"
 
 namespace {
@@ -44,6 +45,8 @@ int Main(int argc, char** argv) {
   const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");
   if (env_addr && *env_addr) client_opts.addr = env_addr;
   haven::cli::AddClientCommands(app, client_opts);
+  haven::cli::ProxyCommandOptions proxy_opts;
+  haven::cli::AddProxyCommand(app, proxy_opts);
 
   CLI11_PARSE(app, argc, argv);
   if (!haven::log::SetLevel(log_level)) {
@@ -51,6 +54,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   if (server->parsed()) return haven::node::RunServer(server_opts);
+  if (haven::cli::ProxyCommandParsed(proxy_opts)) return haven::cli::RunProxyCommand(proxy_opts);
   return haven::cli::RunClientCommand(app, client_opts);
 }
 

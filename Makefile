@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 HTTP ?= 127.0.0.1:8500
 DATA_DIR ?= ./haven-data
 
-.PHONY: all deps configure build test unit run bench-registry format tidy clean
+.PHONY: all deps configure build test unit run bench-registry bench-proxy format tidy clean
 
 all: build
 
@@ -33,6 +33,10 @@ run: deps build
 bench-registry:
 	./scripts/install-deps.sh --bench
 	./bench/registry/run.sh
+
+bench-proxy:
+	./scripts/install-deps.sh --bench
+	./bench/proxy/run.sh
 
 format:
 	find src tests bench -name '*.h' -o -name '*.cc' | xargs clang-format -i

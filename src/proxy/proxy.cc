@@ -479,10 +479,16 @@ class Worker {
     auto it = pool_.find(id);
     if (it == pool_.end()) return nullptr;
     auto& conns = it->second;
+    auto now = std::chrono::steady_clock::now();
     while (!conns.empty()) {
-      auto c = std::move(conns.back());
+      IdleConn c = std::move(conns.back());
       conns.pop_back();
-      if (!IdleConnectionDead(*c)) return c;
+      // A connection idle for less than kTrustIdleFor cannot have hit an upstream keep-alive
+      // timeout yet: skip the liveness poll, one syscall per request on the hot path. A rare
+      // close in that window is still caught (retried on a fresh connection before any byte).
+      if (now - c.since < kTrustIdleFor || !IdleConnectionDead(*c.stream)) {
+        return std::move(c.stream);
+      }
     }
     return nullptr;
   }
@@ -490,7 +496,9 @@ class Worker {
   void ReturnIdle(const std::string& id, std::unique_ptr<beast::tcp_stream> c) {
     if (draining_ || !index_of_.count(id)) return;
     auto& conns = pool_[id];
-    if (conns.size() < opts_.max_idle_per_endpoint) conns.push_back(std::move(c));
+    if (conns.size() < opts_.max_idle_per_endpoint) {
+      conns.push_back({std::move(c), std::chrono::steady_clock::now()});
+    }
   }
 
   asio::awaitable<error_code> Connect(beast::tcp_stream& s, const lb::Endpoint& ep,
@@ -581,7 +589,12 @@ class Worker {
   lb::CircuitBreaker breaker_;
   EndpointSnapshot snapshot_;
   std::unordered_map<std::string, size_t> index_of_;
-  std::unordered_map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> pool_;
+  struct IdleConn {
+    std::unique_ptr<beast::tcp_stream> stream;
+    std::chrono::steady_clock::time_point since;  // when it went back to the pool
+  };
+  static constexpr auto kTrustIdleFor = std::chrono::milliseconds(500);
+  std::unordered_map<std::string, std::vector<IdleConn>> pool_;
   std::unordered_set<tcp::socket*> idle_clients_;
   size_t client_connections_ = 0;
   bool draining_ = false;

@@ -1,0 +1,21 @@
+// Health JSON: turns a /v1/health/service/NAME answer into the endpoints the balancer uses.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+#include "base/status.h"
+#include "lb/balancer.h"
+#include "lb/endpoint.h"
+
+namespace haven::client {
+
+// Entries beyond this many are dropped (bounds memory; same as the balancer's limit).
+inline constexpr size_t kMaxHealthEntries = lb::kMaxEndpoints;
+
+// id = Service.ID (or "host:port" when absent), host = Service.Address or else Node.Address,
+// port = Service.Port (1..65535), weight = Service.Weights.Passing (default 1). Entries without a
+// usable address or port are skipped; a body that is not a JSON array is InvalidArgument.
+Result<std::vector<lb::Endpoint>> ParseHealthEntries(std::string_view json);
+
+}  // namespace haven::client

@@ -1,0 +1,63 @@
+// ServiceClient: the C++ SDK's discovery cache plus failover caller (pick, call, fail over, retry).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/status.h"
+#include "lb/balancer.h"
+#include "lb/endpoint.h"
+#include "lb/outlier_detector.h"
+#include "lb/retry_policy.h"
+
+namespace haven::client {
+
+struct ClientOptions {
+  std::string registry = "http://127.0.0.1:8500";
+  lb::Policy policy = lb::Policy::kLeastRequest;
+  lb::RetryOptions retry;  // attempts, per-try/overall timeouts, backoff, budget
+  lb::OutlierOptions outlier;
+  int64_t watch_wait_ms = 60'000;  // blocking query wait
+};
+
+struct Request {
+  std::string method = "GET";
+  std::string target = "/";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  bool retryable = false;  // retry like an idempotent request even if the method is not
+};
+
+struct Response {
+  int status = 0;
+  std::string body;
+  std::string endpoint_id;  // the instance that answered
+  int attempts = 0;         // 1 = answered by the first try
+};
+
+// Thread-safe. One discovery watcher thread per service used; a small keep-alive connection pool
+// per instance.
+class ServiceClient {
+ public:
+  explicit ServiceClient(ClientOptions opts);
+  ~ServiceClient();  // stops watcher threads (bounded wait)
+  ServiceClient(const ServiceClient&) = delete;
+  ServiceClient& operator=(const ServiceClient&) = delete;
+
+  // The passing instances of `service` (discovery cache fed by a blocking query per service,
+  // started on first use; the first call waits for the first answer up to the per-try timeout).
+  Result<std::vector<lb::Endpoint>> Instances(const std::string& service);
+  // Picks an instance with the balancer and fails over with the retry policy (active failover on
+  // connect errors, wait-based retries for idempotent requests on 502/503/504/timeouts, outlier
+  // ejection). Unavailable("no healthy instance for service X") when none is left.
+  Result<Response> Call(const std::string& service, const Request& req);
+
+ private:
+  struct Impl;  // defined in the .cc: keeps threads, locks and the HTTP client out of this header
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace haven::client

@@ -5,14 +5,13 @@
 #include <mutex>
 #include <set>
 
-#include <boost/json.hpp>
 
 #include "base/log.h"
+#include "client/health_json.h"
 #include "lb/balancer.h"
 #include "net/http_client.h"
 
 namespace haven::proxy {
-namespace json = boost::json;
 
 Result<lb::Endpoint> ParseHostPort(std::string_view text) {
   size_t colon = text.rfind(':');
@@ -40,67 +39,6 @@ Result<std::vector<lb::Endpoint>> ParseUpstreams(const std::vector<std::string>&
     auto e = ParseHostPort(t);
     if (!e.ok()) return e.status();
     if (!seen.insert(e->id).second) return Status::InvalidArgument("duplicate upstream " + t);
-    out.push_back(std::move(e.value()));
-  }
-  return out;
-}
-
-namespace {
-
-const json::object* ObjectAt(const json::object& o, std::string_view key) {
-  auto it = o.find(key);
-  return it != o.end() && it->value().is_object() ? &it->value().get_object() : nullptr;
-}
-
-std::string StringAt(const json::object* o, std::string_view key) {
-  if (!o) return {};
-  auto it = o->find(key);
-  return it != o->end() && it->value().is_string() ? std::string(it->value().get_string()) : "";
-}
-
-int64_t IntAt(const json::object* o, std::string_view key, int64_t dflt) {
-  if (!o) return dflt;
-  auto it = o->find(key);
-  if (it == o->end()) return dflt;
-  if (it->value().is_int64()) return it->value().get_int64();
-  if (it->value().is_uint64()) return static_cast<int64_t>(it->value().get_uint64());
-  return dflt;
-}
-
-Result<lb::Endpoint> EntryToEndpoint(const json::value& v) {
-  if (!v.is_object()) return Status::InvalidArgument("health entry is not an object");
-  const json::object* node = ObjectAt(v.get_object(), "Node");
-  const json::object* service = ObjectAt(v.get_object(), "Service");
-  if (!service) return Status::InvalidArgument("health entry without Service");
-  lb::Endpoint e;
-  e.host = StringAt(service, "Address");
-  if (e.host.empty()) e.host = StringAt(node, "Address");
-  int64_t port = IntAt(service, "Port", 0);
-  if (e.host.empty() || port < 1 || port > 65535) {
-    return Status::InvalidArgument("health entry without a usable address/port");
-  }
-  e.port = static_cast<uint16_t>(port);
-  e.id = StringAt(node, "Node") + "/" + StringAt(service, "ID");
-  const json::object* weights = ObjectAt(*service, "Weights");
-  e.weight = static_cast<int>(std::clamp<int64_t>(IntAt(weights, "Passing", 1), 1, lb::kMaxWeight));
-  return e;
-}
-
-}  // namespace
-
-Result<std::vector<lb::Endpoint>> ParseHealthServiceJson(std::string_view text) {
-  boost::system::error_code ec;
-  json::value v = json::parse(text, ec);
-  if (ec) return Status::InvalidArgument("health answer is not JSON: " + ec.message());
-  if (!v.is_array()) return Status::InvalidArgument("health answer is not a JSON array");
-  std::vector<lb::Endpoint> out;
-  for (const json::value& entry : v.get_array()) {
-    if (out.size() >= lb::kMaxEndpoints) break;
-    auto e = EntryToEndpoint(entry);
-    if (!e.ok()) {
-      HLOG_WARN("proxy_discovery_skip", "reason=\"{}\"", e.status().message());
-      continue;  // one bad entry must not hide the good ones
-    }
     out.push_back(std::move(e.value()));
   }
   return out;
@@ -196,7 +134,7 @@ void RunDiscovery(const std::shared_ptr<Discovery::Shared>& s) {
     auto r = client.Request("GET", HealthTarget(o, index));
     Result<std::vector<lb::Endpoint>> eps = Status::Unavailable("no answer");
     if (r.ok() && r->status == 200) {
-      eps = ParseHealthServiceJson(r->body);
+      eps = client::ParseHealthEntries(r->body);
     } else {
       eps = r.ok() ? Status::Unavailable("HTTP " + std::to_string(r->status) + ": " + r->body)
                    : r.status();

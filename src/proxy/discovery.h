@@ -24,10 +24,6 @@ Result<lb::Endpoint> ParseHostPort(std::string_view text);
 // Parses every --upstream; duplicates are an error.
 Result<std::vector<lb::Endpoint>> ParseUpstreams(const std::vector<std::string>& texts);
 
-// Parses a /v1/health/service/NAME answer: id = Node/ServiceID, address = Service.Address or else
-// Node.Address, weight = Service.Weights.Passing. Bounded by lb::kMaxEndpoints.
-Result<std::vector<lb::Endpoint>> ParseHealthServiceJson(std::string_view json);
-
 struct DiscoveryOptions {
   std::string registry;  // "http://HOST:PORT"
   std::string service;

@@ -27,27 +27,6 @@ TEST(ProxyParseTest, UpstreamsRejectDuplicates) {
   EXPECT_FALSE(ParseUpstreams({"a:1", "nonsense"}).ok());
 }
 
-TEST(ProxyParseTest, HealthServiceAnswer) {
-  auto eps = ParseHealthServiceJson(R"([
-    {"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"web1","Address":"","Port":80,
-     "Weights":{"Passing":3,"Warning":1}}},
-    {"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"web2","Address":"10.0.0.2",
-     "Port":81}},
-    {"Node":{"Node":"n1"},"Service":{"ID":"broken","Port":99999}},
-    "not an object"
-  ])");
-  ASSERT_TRUE(eps.ok()) << eps.status().ToString();
-  ASSERT_EQ(eps->size(), 2u) << "bad entries are skipped, good ones kept";
-  EXPECT_EQ((*eps)[0].id, "n1/web1");
-  EXPECT_EQ((*eps)[0].host, "10.0.0.1") << "empty Service.Address falls back to the node's";
-  EXPECT_EQ((*eps)[0].weight, 3);
-  EXPECT_EQ((*eps)[1].host, "10.0.0.2");
-  EXPECT_EQ((*eps)[1].weight, 1);
-  EXPECT_FALSE(ParseHealthServiceJson("{").ok());
-  EXPECT_FALSE(ParseHealthServiceJson(R"({"a":1})").ok());
-  EXPECT_TRUE(ParseHealthServiceJson("[]").ok());
-}
-
 TEST(ProxyHttpTest, UpstreamRequestDropsHopByHopAndAddsForwardedFor) {
   Request req{http::verb::get, "/x", 11};
   req.set(http::field::host, "example");

@@ -16,6 +16,8 @@ void AddProxyCommand(CLI::App& app, ProxyCommandOptions& opts) {
   cmd->add_option("--registry", p.registry, "Registry for --service: http://HOST:PORT");
   cmd->add_option("--lb", opts.lb, "round_robin|least_request|ewma|ring_hash|random")
       ->capture_default_str();
+  cmd->add_option("--hash-header", p.hash_header,
+                  "ring_hash key: this request header (default: the client address)");
   cmd->add_option("--threads", p.threads, "Worker threads (0: one per core)")
       ->capture_default_str()
       ->check(CLI::Range(0, proxy::kMaxThreads));

@@ -360,9 +360,10 @@ class Worker {
   // Picks an instance not tried yet; a wait-based retry (`allow_tried`) may come back to a tried
   // one only when no other is left.
   std::optional<lb::Endpoint> PickEndpoint(MonoMs now, const std::unordered_set<std::string>& tried,
-                                           bool allow_tried) {
+                                           bool allow_tried, std::optional<uint64_t> hash) {
     lb::PickContext ctx;
     ctx.now = now;
+    ctx.hash = hash;
     ctx.eligible = [&](size_t i) { return Eligible(i, now, tried, false); };
     auto idx = balancer_->Pick(ctx);
     if (!idx && allow_tried) {
@@ -390,6 +391,17 @@ class Worker {
     }
   }
 
+  // The ring_hash key of a request: --hash-header's value when present, else the client address.
+  // Other policies take no key.
+  std::optional<uint64_t> HashKey(const Request& req, const std::string& client_ip) const {
+    if (opts_.policy != lb::Policy::kRingHash) return std::nullopt;
+    if (!opts_.hash_header.empty()) {
+      auto it = req.find(opts_.hash_header);
+      if (it != req.end()) return std::hash<std::string_view>{}(it->value());
+    }
+    return std::hash<std::string>{}(client_ip);
+  }
+
   asio::awaitable<Response> Forward(const Request& client_req, const std::string& client_ip) {
     MonoMs now = NowMs();
     const MonoMs deadline = now + opts_.retry.overall_timeout_ms;
@@ -402,8 +414,9 @@ class Worker {
     std::unordered_set<std::string> tried;
     std::optional<Attempt> last;
     bool allow_tried = false;
+    const std::optional<uint64_t> hash = HashKey(client_req, client_ip);
     for (int attempt = 1;; ++attempt) {
-      auto ep = PickEndpoint(now, tried, allow_tried);
+      auto ep = PickEndpoint(now, tried, allow_tried, hash);
       if (!ep) break;
       tried.insert(ep->id);
       int64_t budget = std::min(opts_.retry.per_try_timeout_ms, deadline - now);
@@ -614,6 +627,10 @@ Status ValidateProxyOptions(const ProxyOptions& o) {
   }
   if (registry_mode && o.registry.rfind("http://", 0) != 0) {
     return Status::InvalidArgument("--registry must be http://HOST:PORT");
+  }
+  if (o.hash_header.size() > 256) return Status::InvalidArgument("--hash-header is too long");
+  if (!o.hash_header.empty() && o.policy != lb::Policy::kRingHash) {
+    return Status::InvalidArgument("--hash-header needs --lb ring_hash");
   }
   if (static_mode) {
     if (auto eps = ParseUpstreams(o.upstreams); !eps.ok()) return eps.status();

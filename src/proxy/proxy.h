@@ -22,6 +22,8 @@ struct ProxyOptions {
   std::string service;                    // registry mode: follow this service's passing instances
   std::string registry;                   // registry mode: "http://HOST:PORT"
   lb::Policy policy = lb::Policy::kLeastRequest;
+  // ring_hash key: this request header when the request has it, else the client's address.
+  std::string hash_header;
   int threads = 0;    // 0 = one per core (capped at kMaxThreads)
   std::string admin;  // HOST:PORT for /metrics and /status; empty = no admin listener
   lb::RetryOptions retry;

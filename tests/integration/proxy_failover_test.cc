@@ -2,6 +2,9 @@
 // are down, traffic spread over all backends, bad client input, SIGTERM drain.
 #include <signal.h>
 
+#include <map>
+#include <set>
+
 #include <string>
 #include <thread>
 #include <vector>
@@ -207,6 +210,34 @@ TEST_F(ProxyFailoverTest, SigtermFinishesInFlightRequestsAndExitsZero) {
   EXPECT_EQ(slow.status, 200) << slow.body;
   EXPECT_TRUE(exit.exited);
   EXPECT_EQ(exit.code, 0);
+}
+
+}  // namespace
+}  // namespace haven::itest
+
+namespace haven::itest {
+namespace {
+
+// ring_hash keeps a key on one instance: the same --hash-header value always lands on the same
+// backend, and different values spread over the backends.
+TEST_F(ProxyFailoverTest, RingHashKeepsAKeyOnOneBackend) {
+  StartBackends(3);
+  StartProxyWith({"--threads", "2", "--lb", "ring_hash", "--hash-header", "X-User"});
+  net::HttpClient client(Url(port_), 5000);
+  std::map<std::string, std::string> home;  // user -> backend
+  std::set<std::string> used;
+  for (int u = 0; u < 30; ++u) {
+    std::string user = "user-" + std::to_string(u);
+    for (int i = 0; i < 5; ++i) {
+      auto r = client.Request("GET", "/id", {}, {{"X-User", user}});
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      ASSERT_EQ(r->status, 200) << r->body;
+      auto [it, first] = home.emplace(user, r->body);
+      EXPECT_EQ(it->second, r->body) << user << " moved between backends";
+      used.insert(r->body);
+    }
+  }
+  EXPECT_EQ(used.size(), 3u) << "30 keys should reach every one of 3 backends";
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "base/duration.h"
 #include "base/log.h"
 #include "cli/client_commands.h"
 #include "cli/proxy_command.h"
@@ -23,6 +24,7 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
 
   haven::node::ServerOptions server_opts;
+  std::string tombstone_ttl = "15m";
   auto* server = app.add_subcommand("server", "Run a haven node (single node, durable)");
   server->add_option("--data-dir", server_opts.data_dir, "Data directory")->capture_default_str();
   server->add_option("--http", server_opts.http, "HTTP API address HOST:PORT (port 0: ephemeral)")
@@ -30,6 +32,10 @@ int Main(int argc, char** argv) {
   server->add_option("--node-name", server_opts.node_name, "Node name (default: the host name)");
   server->add_option("--advertise", server_opts.advertise_address,
                      "Address other nodes and clients see (default: the HTTP host)");
+  server
+      ->add_option("--tombstone-ttl", tombstone_ttl,
+                   "How long deleted KV keys are remembered for blocking queries (1 to 2x this)")
+      ->capture_default_str();
   server
       ->add_option("--snapshot-every", server_opts.snapshot_every_entries,
                    "Log entries between two snapshots")
@@ -53,7 +59,15 @@ int Main(int argc, char** argv) {
     std::cerr << "haven: unknown --log-level \"" << log_level << "\"\n";
     return 2;
   }
-  if (server->parsed()) return haven::node::RunServer(server_opts);
+  if (server->parsed()) {
+    auto ttl = haven::ParseDurationMs(tombstone_ttl);
+    if (!ttl.ok() || *ttl < 100 || *ttl > int64_t{7} * 24 * 3600 * 1000) {
+      std::cerr << "haven server: --tombstone-ttl must be a duration from 100ms to 168h\n";
+      return 2;
+    }
+    server_opts.tombstone_ttl_ms = *ttl;
+    return haven::node::RunServer(server_opts);
+  }
   if (haven::cli::ProxyCommandParsed(proxy_opts)) return haven::cli::RunProxyCommand(proxy_opts);
   return haven::cli::RunClientCommand(app, client_opts);
 }

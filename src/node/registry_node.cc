@@ -51,6 +51,8 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
                        [this] { return static_cast<double>(sm_.CheckCount()); });
   reg.SetCallbackGauge("haven_kv_entries", "Keys in the KV store", {},
                        [this] { return static_cast<double>(sm_.KVCount()); });
+  reg.SetCallbackGauge("haven_kv_tombstones", "Deleted keys remembered for blocking queries", {},
+                       [this] { return static_cast<double>(sm_.TombstoneCount()); });
   reg.SetCallbackGauge("haven_raft_applied_index", "Index of the last applied log entry", {},
                        [this] { return static_cast<double>(sm_.last_applied()); });
 }
@@ -86,6 +88,8 @@ void RegistryNode::Start() {
     TrackEverything();
     RegisterSelf();
     ArmHealthTimer();
+    reap_up_to_ = sm_.last_applied();
+    ArmTombstoneReaper();
   });
 }
 
@@ -95,6 +99,7 @@ void RegistryNode::Stop() {
   executor_.Post([this, &done] {
     stopped_ = true;
     if (health_timer_) health_timer_->Cancel();
+    if (reap_timer_) reap_timer_->Cancel();
     watches_.Shutdown();
     done.set_value();
   });
@@ -259,6 +264,21 @@ void RegistryNode::ArmHealthTimer() {
   health_timer_ = executor_.RunAfter(delay, [this] {
     health_timer_.reset();
     OnHealthTimer();
+  });
+}
+
+void RegistryNode::ArmTombstoneReaper() {
+  reap_timer_ = executor_.RunAfter(opts_.tombstone_ttl_ms, [this] {
+    if (stopped_) return;
+    if (reap_up_to_ > 0 && sm_.TombstoneCount() > 0) {
+      pb::Command cmd;
+      cmd.mutable_reap_tombstones()->set_up_to_index(reap_up_to_);
+      Propose(std::move(cmd), [](const Result<registry::ApplyResult>& r) {
+        if (!r.ok()) HLOG_WARN("reap_tombstones_failed", "error=\"{}\"", r.status().ToString());
+      });
+    }
+    reap_up_to_ = sm_.last_applied();
+    ArmTombstoneReaper();
   });
 }
 

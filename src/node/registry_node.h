@@ -24,6 +24,8 @@ struct RegistryNodeOptions {
   std::string advertise_address = "127.0.0.1";
   uint64_t snapshot_every_entries = 20'000;  // log entries between two snapshots
   int64_t probe_timeout_ceiling_ms = 60'000;
+  // Tombstones of deleted keys (for blocking queries) are reaped after this long (1 to 2 periods).
+  int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
 };
 
 class RegistryNode {
@@ -70,6 +72,8 @@ class RegistryNode {
   void OnProbeResult(const registry::CheckKey& key, const std::string& status,
                      const std::string& output);
   void ProposeHealthAction(const registry::HealthAction& a);
+  // Every tombstone_ttl: reap the tombstones that were already there at the previous tick.
+  void ArmTombstoneReaper();
 
   RegistryNodeOptions opts_;
   net::IoRuntime& executor_;
@@ -83,6 +87,8 @@ class RegistryNode {
   uint64_t last_snapshot_index_ = 0;
   std::shared_ptr<net::Timer> health_timer_;
   MonoMs health_timer_at_ = 0;
+  std::shared_ptr<net::Timer> reap_timer_;
+  uint64_t reap_up_to_ = 0;  // last_applied at the previous reaper tick
   bool stopped_ = false;
 };
 

@@ -109,6 +109,7 @@ int RunServer(const ServerOptions& opts) {
   node_opts.advertise_address =
       opts.advertise_address.empty() ? http->host : opts.advertise_address;
   node_opts.snapshot_every_entries = opts.snapshot_every_entries;
+  node_opts.tombstone_ttl_ms = opts.tombstone_ttl_ms;
   RegistryNode node(node_opts, io, **store, clock);
   if (Status s = node.Recover(); !s.ok()) {
     HLOG_ERROR("recover_failed", "dir={} error=\"{}\"", opts.data_dir, s.ToString());

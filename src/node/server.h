@@ -12,6 +12,7 @@ struct ServerOptions {
   std::string node_name;                // default: the host name
   std::string advertise_address;        // default: the HTTP host
   uint64_t snapshot_every_entries = 20'000;
+  int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
   size_t max_connections = 10'000;
 };
 

@@ -128,6 +128,9 @@ ApplyResult StateMachine::Apply(uint64_t index, const pb::Command& cmd) {
     case pb::Command::kTxn:
       ApplyTxn(cmd.txn(), ctx);
       break;
+    case pb::Command::kReapTombstones:
+      ApplyReapTombstones(cmd.reap_tombstones());
+      break;
     case pb::Command::OP_NOT_SET:
       ctx.Fail(Status::InvalidArgument("empty command"));
       break;
@@ -332,6 +335,14 @@ void StateMachine::ApplyTxn(const pb::Txn& c, ApplyCtx& ctx) {
   }
   ctx.tables.insert(scratch.tables.begin(), scratch.tables.end());
   ctx.keys.insert(scratch.keys.begin(), scratch.keys.end());
+}
+
+void StateMachine::ApplyReapTombstones(const pb::ReapTombstones& c) {
+  std::erase_if(tombstones_, [&](const auto& kv) {
+    if (kv.second > c.up_to_index()) return false;
+    kv_reaped_index_ = std::max(kv_reaped_index_, kv.second);
+    return true;
+  });
 }
 
 // ---- validation ----
@@ -790,6 +801,7 @@ pb::Snapshot StateMachine::TakeSnapshot() const {
   for (const auto& [k, v] : tombstones_) (*snap.mutable_kv_tombstones())[k] = v;
   for (const auto& [k, v] : lock_delay_until_) (*snap.mutable_lock_delay_until_unix_ms())[k] = v;
   for (const auto& [k, v] : service_name_index_) (*snap.mutable_service_name_index())[k] = v;
+  snap.set_kv_reaped_index(kv_reaped_index_);
   return snap;
 }
 
@@ -809,6 +821,7 @@ void StateMachine::Restore(const pb::Snapshot& snap) {
   lock_delay_until_.insert(snap.lock_delay_until_unix_ms().begin(),
                            snap.lock_delay_until_unix_ms().end());
   service_name_index_.insert(snap.service_name_index().begin(), snap.service_name_index().end());
+  kv_reaped_index_ = snap.kv_reaped_index();
 }
 
 // ---- queries ----
@@ -958,7 +971,8 @@ uint64_t StateMachine::KVQueryIndex(const std::string& prefix, bool recurse) con
       max = std::max(max, it->second);
     }
   }
-  return max == 0 ? TableIndex(Table::kKV) : max;
+  if (max == 0) return TableIndex(Table::kKV);
+  return std::max(max, kv_reaped_index_);
 }
 
 int64_t StateMachine::LockDelayUntilUnixMs(const std::string& key) const {
@@ -995,6 +1009,7 @@ std::vector<const pb::Session*> StateMachine::NodeSessions(const std::string& no
 size_t StateMachine::ServiceCount() const { return services_.size(); }
 size_t StateMachine::CheckCount() const { return checks_.size(); }
 size_t StateMachine::KVCount() const { return kv_.size(); }
+size_t StateMachine::TombstoneCount() const { return tombstones_.size(); }
 size_t StateMachine::NodeCount() const { return nodes_.size(); }
 
 }  // namespace haven::registry

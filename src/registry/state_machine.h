@@ -104,6 +104,7 @@ class StateMachine {
   size_t ServiceCount() const;
   size_t CheckCount() const;
   size_t KVCount() const;
+  size_t TombstoneCount() const;
   size_t NodeCount() const;
 
  private:
@@ -120,6 +121,7 @@ class StateMachine {
   void ApplySessionCreate(const pb::SessionCreate& c, ApplyCtx& ctx);
   void ApplySessionDestroy(const pb::SessionDestroy& c, ApplyCtx& ctx);
   void ApplyTxn(const pb::Txn& c, ApplyCtx& ctx);
+  void ApplyReapTombstones(const pb::ReapTombstones& c);
 
   // Validation (no state change).
   Status ValidateNode(const pb::Node& n) const;
@@ -165,6 +167,9 @@ class StateMachine {
   std::map<std::string, uint64_t> tombstones_;
   std::map<std::string, int64_t> lock_delay_until_;
   std::map<std::string, uint64_t> service_name_index_;
+  // Blocking KV queries take at least this index, so that reaping a tombstone never makes a
+  // query's index go back (which clients read as "reset").
+  uint64_t kv_reaped_index_ = 0;
   uint64_t applying_index_ = 0;  // the index of the command being applied (for the setters)
 
   // Secondary indexes, rebuilt by Restore.

@@ -160,3 +160,31 @@ TEST_F(KvSessionTest, SessionInfoAndDestroyedSessionCannotLock) {
 
 }  // namespace
 }  // namespace haven::itest
+
+namespace haven::itest {
+namespace {
+
+class TombstoneReapTest : public ServerTest {
+ protected:
+  std::vector<std::string> ExtraArgs() override { return {"--tombstone-ttl", "200ms"}; }
+};
+
+// Deleted keys are remembered for blocking queries, then reaped after 1 to 2 TTLs; the index a
+// query sees never goes back.
+TEST_F(TombstoneReapTest, TombstonesAreReapedAndIndexesStayMonotonic) {
+  for (int i = 0; i < 5; ++i) {
+    std::string key = "/v1/kv/gone/" + std::to_string(i);
+    ASSERT_EQ(api_->Put(key, "x").body, "true");
+    ASSERT_EQ(api_->Delete(key).body, "true");
+  }
+  uint64_t before = api_->Get("/v1/kv/gone/?recurse").index;
+  auto tombstones = [&] {
+    return MetricValue(api_->Get("/metrics").body, "haven_kv_tombstones").value_or(-1);
+  };
+  EXPECT_EQ(tombstones(), 5);
+  ASSERT_TRUE(WaitFor([&] { return tombstones() == 0; }, 5000)) << "tombstones not reaped";
+  EXPECT_GE(api_->Get("/v1/kv/gone/?recurse").index, before);
+}
+
+}  // namespace
+}  // namespace haven::itest

@@ -541,3 +541,40 @@ TEST_F(StateMachineTest, ServiceNameIndexMovesOnlyForThatService) {
 
 }  // namespace
 }  // namespace haven::registry
+
+namespace haven::registry {
+namespace {
+
+pb::Command Reap(uint64_t up_to) {
+  pb::Command cmd;
+  cmd.set_now_unix_ms(kNow);
+  cmd.mutable_reap_tombstones()->set_up_to_index(up_to);
+  return cmd;
+}
+
+TEST_F(StateMachineTest, ReapingTombstonesNeverMovesAQueryIndexBack) {
+  MustApply(KV(Op(pb::KVOp::SET, "app/a", "1")));
+  MustApply(KV(Op(pb::KVOp::SET, "app/b", "2")));
+  MustApply(KV(Op(pb::KVOp::DELETE, "app/a")));  // tombstone at 3
+  uint64_t deleted_at = index_;
+  MustApply(KV(Op(pb::KVOp::SET, "other", "x")));
+  MustApply(KV(Op(pb::KVOp::DELETE, "other")));  // tombstone at 5
+  EXPECT_EQ(sm_.TombstoneCount(), 2u);
+  uint64_t before = sm_.KVQueryIndex("app/", true);
+  EXPECT_EQ(before, deleted_at);
+
+  MustApply(Reap(deleted_at));  // reaps app/a only
+  EXPECT_EQ(sm_.TombstoneCount(), 1u);
+  EXPECT_GE(sm_.KVQueryIndex("app/", true), before) << "the index must not go back";
+  EXPECT_GE(sm_.KVQueryIndex("app/a", false), before);
+
+  MustApply(Reap(index_));
+  EXPECT_EQ(sm_.TombstoneCount(), 0u);
+  StateMachine restored;
+  restored.Restore(sm_.TakeSnapshot());
+  EXPECT_EQ(restored.KVQueryIndex("app/", true), sm_.KVQueryIndex("app/", true));
+  EXPECT_EQ(restored.TombstoneCount(), 0u);
+}
+
+}  // namespace
+}  // namespace haven::registry

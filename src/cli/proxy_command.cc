@@ -39,6 +39,21 @@ void AddProxyCommand(CLI::App& app, ProxyCommandOptions& opts) {
       ->capture_default_str();
   cmd->add_option("--drain-timeout", opts.drain_timeout, "SIGTERM: time for in-flight requests")
       ->capture_default_str();
+  cmd->add_option("--health-path", p.health_path,
+                  "Active health checks (with --upstream): GET this path on every upstream");
+  cmd->add_option("--health-interval", opts.health_interval,
+                  "Time between health checks of one upstream (100ms..1h)")
+      ->capture_default_str();
+  cmd->add_option("--health-timeout", opts.health_timeout, "Timeout of one health check")
+      ->capture_default_str();
+  cmd->add_option("--unhealthy-threshold", p.unhealthy_threshold,
+                  "Failed health checks in a row that take an upstream out")
+      ->capture_default_str()
+      ->check(CLI::Range(1, proxy::kMaxHealthThreshold));
+  cmd->add_option("--healthy-threshold", p.healthy_threshold,
+                  "Passed health checks in a row that bring an upstream back")
+      ->capture_default_str()
+      ->check(CLI::Range(1, proxy::kMaxHealthThreshold));
   opts.command = cmd;
 }
 
@@ -72,7 +87,9 @@ int RunProxyCommand(ProxyCommandOptions& opts) {
   if (!ParseDurationFlag("--per-try-timeout", opts.per_try_timeout, &p.retry.per_try_timeout_ms) ||
       !ParseDurationFlag("--timeout", opts.timeout, &p.retry.overall_timeout_ms) ||
       !ParseDurationFlag("--header-timeout", opts.header_timeout, &p.header_timeout_ms) ||
-      !ParseDurationFlag("--drain-timeout", opts.drain_timeout, &p.drain_timeout_ms)) {
+      !ParseDurationFlag("--drain-timeout", opts.drain_timeout, &p.drain_timeout_ms) ||
+      !ParseDurationFlag("--health-interval", opts.health_interval, &p.health_interval_ms) ||
+      !ParseDurationFlag("--health-timeout", opts.health_timeout, &p.health_timeout_ms)) {
     return 2;
   }
   if (Status s = proxy::ValidateProxyOptions(p); !s.ok()) {

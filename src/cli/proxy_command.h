@@ -18,12 +18,15 @@ struct ProxyCommandOptions {
   std::string timeout = "15s";
   std::string header_timeout = "10s";
   std::string drain_timeout = "10s";
+  std::string health_interval = "1s";
+  std::string health_timeout = "1s";
   CLI::App* command = nullptr;  // set by AddProxyCommand
 };
 
 // Adds `proxy` (flags: --listen --upstream --service --registry --lb --threads --admin
 // --per-try-timeout --timeout --max-attempts --max-pending --max-body --header-timeout
-// --drain-timeout) to `app`.
+// --drain-timeout --health-path --health-interval --health-timeout --unhealthy-threshold
+// --healthy-threshold) to `app`.
 void AddProxyCommand(CLI::App& app, ProxyCommandOptions& opts);
 // True when `haven proxy` was the subcommand given.
 bool ProxyCommandParsed(const ProxyCommandOptions& opts);

@@ -76,6 +76,14 @@ bool OutlierDetector::IsEjected(const std::string& id, MonoMs now) const {
   return it != states_.end() && now < it->second.ejected_until;
 }
 
+void OutlierDetector::Forgive(const std::string& id, MonoMs now) {
+  auto it = states_.find(id);
+  if (it == states_.end()) return;
+  State& s = it->second;
+  s.consecutive_failures = 0;
+  s.ejected_until = std::min(s.ejected_until, now);
+}
+
 size_t OutlierDetector::ejected_count(MonoMs now) const {
   return static_cast<size_t>(std::count_if(states_.begin(), states_.end(), [now](const auto& kv) {
     return now < kv.second.ejected_until;

@@ -33,6 +33,9 @@ class OutlierDetector {
   // Returns true when this result ejected the endpoint (for metrics/logs). Unknown ids are ignored.
   bool OnResult(const std::string& id, bool failed, MonoMs now);
   bool IsEjected(const std::string& id, MonoMs now) const;  // ejections end automatically
+  // An active health check saw the endpoint healthy again: ends a current ejection at `now` and
+  // resets the failure streak. The ejection count (the doubling) is kept. Unknown ids are ignored.
+  void Forgive(const std::string& id, MonoMs now);
   size_t ejected_count(MonoMs now) const;
   uint64_t ejections_total() const { return ejections_total_; }
   const OutlierOptions& options() const { return opts_; }

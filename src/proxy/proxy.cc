@@ -9,6 +9,7 @@
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -24,6 +25,7 @@
 #include "base/metrics.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
+#include "net/probe.h"
 #include "proxy/discovery.h"
 #include "proxy/http_util.h"
 
@@ -51,6 +53,8 @@ struct ProxyMetrics {
   metrics::Counter* ejections;
   metrics::Counter* connect_errors;
   metrics::Histogram* latency;
+  metrics::Counter* health_pass;
+  metrics::Counter* health_fail;
 
   ProxyMetrics() {
     auto& r = metrics::Registry::Default();
@@ -66,6 +70,12 @@ struct ProxyMetrics {
         &r.GetCounter("haven_proxy_upstream_connect_errors_total", "Upstream connects that failed");
     latency = &r.GetHistogram("haven_proxy_request_duration_seconds",
                               "Client request latency through the proxy");
+    health_pass =
+        &r.GetCounter("haven_proxy_health_checks_total",
+                      "Active health checks of upstreams by result", {{"result", "pass"}});
+    health_fail =
+        &r.GetCounter("haven_proxy_health_checks_total",
+                      "Active health checks of upstreams by result", {{"result", "fail"}});
   }
   void CountResponse(unsigned status) {
     unsigned c = status / 100;
@@ -186,6 +196,20 @@ class Worker {
     std::erase_if(pool_, [&](const auto& kv) { return !live.count(kv.first); });
   }
 
+  // Posted from the health checker: an upstream turned unhealthy (no picks, pooled connections
+  // dropped) or healthy again (eligible at once, its outlier ejection ended).
+  void PostHealth(std::string id, bool healthy) {
+    asio::post(*ioc_, [this, id = std::move(id), healthy] {
+      if (healthy) {
+        unhealthy_.erase(id);
+        outlier_.Forgive(id, NowMs());
+      } else {
+        unhealthy_.insert(id);
+        pool_.erase(id);
+      }
+    });
+  }
+
   // Stops accepting and closes client connections that wait for their next request.
   void PostDrain() {
     asio::post(*ioc_, [this] {
@@ -219,6 +243,7 @@ class Worker {
       e["weight"] = list[i].weight;
       e["outstanding"] = balancer_->outstanding(i);
       e["ejected"] = outlier_.IsEjected(list[i].id, now);
+      e["healthy"] = !unhealthy_.contains(list[i].id);
       e["pending"] = breaker_.pending(list[i].id);
       auto it = pool_.find(list[i].id);
       e["idle_connections"] = it == pool_.end() ? 0 : it->second.size();
@@ -349,11 +374,12 @@ class Worker {
     co_await http::async_write(stream, res, kTuple);
   }
 
-  // Whether index i may take this attempt: not ejected, not tried yet (unless `allow_tried`).
+  // Whether index i may take this attempt: healthy, not ejected, not at its limit, not tried yet
+  // (unless `allow_tried`).
   bool Eligible(size_t i, MonoMs now, const std::unordered_set<std::string>& tried,
                 bool allow_tried) {
     const auto& id = balancer_->endpoints()[i].id;
-    return !outlier_.IsEjected(id, now) && !breaker_.IsFull(id) &&
+    return !unhealthy_.contains(id) && !outlier_.IsEjected(id, now) && !breaker_.IsFull(id) &&
            (allow_tried || !tried.count(id));
   }
 
@@ -602,6 +628,7 @@ class Worker {
   lb::CircuitBreaker breaker_;
   EndpointSnapshot snapshot_;
   std::unordered_map<std::string, size_t> index_of_;
+  std::unordered_set<std::string> unhealthy_;  // by active health checks
   struct IdleConn {
     std::unique_ptr<beast::tcp_stream> stream;
     std::chrono::steady_clock::time_point since;  // when it went back to the pool
@@ -658,14 +685,115 @@ Status ValidateProxyOptions(const ProxyOptions& o) {
   if (o.max_client_connections == 0 || o.max_idle_per_endpoint > 100'000) {
     return Status::InvalidArgument("connection limits out of range");
   }
+  if (!o.health_path.empty()) {
+    if (registry_mode) {
+      return Status::InvalidArgument(
+          "--health-path is for static --upstream mode; the registry health-checks --service");
+    }
+    if (o.health_path[0] != '/' || o.health_path.size() > 1024 ||
+        o.health_path.find_first_of(" \r\n") != std::string::npos) {
+      return Status::InvalidArgument("--health-path must be a path starting with /");
+    }
+  }
+  if (o.health_interval_ms < kMinHealthIntervalMs || o.health_interval_ms > kMaxHealthMs) {
+    return Status::InvalidArgument("--health-interval must be within 100ms..1h");
+  }
+  if (o.health_timeout_ms < 1 || o.health_timeout_ms > kMaxHealthMs) {
+    return Status::InvalidArgument("--health-timeout must be within 1ms..1h");
+  }
+  if (o.unhealthy_threshold < 1 || o.unhealthy_threshold > kMaxHealthThreshold ||
+      o.healthy_threshold < 1 || o.healthy_threshold > kMaxHealthThreshold) {
+    return Status::InvalidArgument("--unhealthy-threshold and --healthy-threshold must be 1..100");
+  }
   return Status::Ok();
 }
+
+// Active health checks (static mode): GETs health_path on every upstream every interval on its own
+// loop thread, and reports an upstream that crossed a threshold. Its state is touched only on that
+// thread.
+class HealthChecker {
+ public:
+  using OnChange = std::function<void(const std::string& id, bool healthy)>;
+
+  HealthChecker(const ProxyOptions& opts, const std::vector<lb::Endpoint>& eps, ProxyMetrics& m,
+                OnChange on_change)
+      : opts_(opts), m_(m), on_change_(std::move(on_change)) {
+    for (const auto& e : eps) {
+      targets_.push_back({e, "http://" + e.host + ":" + std::to_string(e.port) + opts.health_path});
+    }
+  }
+  ~HealthChecker() { Stop(); }
+
+  void Start() {
+    io_.Start();
+    io_.Post([this] { Tick(); });
+  }
+  // After Stop returns no result is reported any more.
+  void Stop() {
+    stopped_ = true;
+    io_.Stop();
+  }
+
+ private:
+  struct Target {
+    lb::Endpoint ep;
+    std::string url;
+    bool healthy = true;   // until checks say otherwise: traffic flows from the start
+    int passes = 0;        // in a row
+    int fails = 0;         // in a row
+    bool probing = false;  // a slow upstream gets no second probe on top of the first
+  };
+
+  void Tick() {
+    if (stopped_) return;
+    for (size_t i = 0; i < targets_.size(); ++i) {
+      Target& t = targets_[i];
+      if (t.probing) continue;
+      t.probing = true;
+      net::ProbeHttp(io_, "GET", t.url, {}, false, opts_.health_timeout_ms,
+                     [this, i](net::ProbeResult r) { OnResult(i, r); });
+    }
+    timer_ = io_.RunAfter(opts_.health_interval_ms, [this] { Tick(); });
+  }
+
+  void OnResult(size_t i, const net::ProbeResult& r) {
+    Target& t = targets_[i];
+    t.probing = false;
+    if (stopped_) return;
+    bool pass = r.status == "passing";
+    (pass ? m_.health_pass : m_.health_fail)->Inc();
+    if (pass) {
+      t.fails = 0;
+      t.passes = std::min(t.passes + 1, kMaxHealthThreshold);
+      if (t.healthy || t.passes < opts_.healthy_threshold) return;
+      t.healthy = true;
+      HLOG_INFO("proxy_upstream_healthy", "upstream={} passes={}", t.ep.id, t.passes);
+    } else {
+      t.passes = 0;
+      t.fails = std::min(t.fails + 1, kMaxHealthThreshold);
+      if (!t.healthy || t.fails < opts_.unhealthy_threshold) return;
+      t.healthy = false;
+      HLOG_WARN("proxy_upstream_unhealthy", "upstream={} fails={} output=\"{}\"", t.ep.id, t.fails,
+                r.output);
+    }
+    on_change_(t.ep.id, t.healthy);
+  }
+
+  const ProxyOptions& opts_;
+  ProxyMetrics& m_;
+  OnChange on_change_;
+  std::vector<Target> targets_;
+  std::shared_ptr<net::Timer> timer_;
+  std::atomic<bool> stopped_{false};
+  net::IoRuntime io_{1};  // last: stopped and destroyed before the state its handlers touch
+};
 
 struct ProxyServer::Impl {
   ProxyOptions opts;
   ProxyMetrics metrics;
   std::vector<std::unique_ptr<Worker>> workers;
   std::unique_ptr<Discovery> discovery;
+  std::unique_ptr<HealthChecker> health;  // with --health-path
   std::unique_ptr<net::IoRuntime> admin_io;
   std::unique_ptr<net::HttpServer> admin;
   std::string address;
@@ -679,6 +807,7 @@ struct ProxyServer::Impl {
   std::condition_variable first_cv;
   bool have_first = false;
   Status StartAdmin();
+  void StartHealthChecks();
   void HandleAdmin(const net::HttpRequest& req, net::Responder respond);
   void HandleStatus(net::Responder respond);
 };
@@ -734,6 +863,18 @@ void ProxyServer::Impl::StartDiscovery() {
                          [&] { return have_first; })) {
     HLOG_WARN("proxy_discovery_slow", "service={} waited_ms={}", opts.service, kFirstDiscoveryMs);
   }
+}
+
+void ProxyServer::Impl::StartHealthChecks() {
+  auto eps = ParseUpstreams(opts.upstreams);
+  if (!eps.ok()) return;  // validated before: cannot happen
+  health = std::make_unique<HealthChecker>(opts, *eps, metrics,
+                                           [this](const std::string& id, bool healthy) {
+                                             for (auto& w : workers) w->PostHealth(id, healthy);
+                                           });
+  health->Start();
+  HLOG_INFO("proxy_health_checks", "path={} interval_ms={} timeout_ms={} upstreams={}",
+            opts.health_path, opts.health_interval_ms, opts.health_timeout_ms, eps->size());
 }
 
 void ProxyServer::Impl::HandleStatus(net::Responder respond) {
@@ -801,6 +942,7 @@ Status ProxyServer::Start() {
   if (Status s = impl_->StartAdmin(); !s.ok()) return s;
   if (!impl_->opts.service.empty()) impl_->StartDiscovery();
   for (auto& w : impl_->workers) w->Start();
+  if (!impl_->opts.health_path.empty()) impl_->StartHealthChecks();
   return Status::Ok();
 }
 
@@ -813,6 +955,7 @@ std::string ProxyServer::admin_address() const {
 void ProxyServer::Shutdown(int64_t deadline_ms) {
   if (impl_->stopped) return;
   impl_->stopped = true;
+  if (impl_->health) impl_->health->Stop();  // before the workers it posts to go away
   if (impl_->discovery) impl_->discovery->Stop();
   for (auto& w : impl_->workers) w->PostDrain();
   MonoMs until = NowMs() + deadline_ms;
@@ -828,6 +971,7 @@ void ProxyServer::Shutdown(int64_t deadline_ms) {
   for (auto& w : impl_->workers) w->Stop();
   impl_->workers.clear();
   impl_->discovery.reset();
+  impl_->health.reset();
 }
 
 int RunProxy(const ProxyOptions& opts) {

@@ -39,11 +39,23 @@ struct ProxyOptions {
   size_t max_client_connections = 10'000;
   int64_t drain_timeout_ms = 10'000;  // SIGTERM: in-flight requests get this long to finish
   int64_t watch_wait_ms = 60'000;     // registry mode: blocking query ?wait=
+  // Active health checks (static mode only): GET health_path on every upstream every interval; 2xx
+  // passes. An upstream turns unhealthy (no picks) after unhealthy_threshold failures in a row and
+  // healthy again after healthy_threshold passes. Empty path = no active checks.
+  std::string health_path;
+  int64_t health_interval_ms = 1'000;  // 100 ms .. 1 h
+  int64_t health_timeout_ms = 1'000;   // 1 ms .. 1 h
+  int unhealthy_threshold = 2;         // 1 .. 100
+  int healthy_threshold = 1;           // 1 .. 100
 };
 
 inline constexpr int kMaxThreads = 256;
+inline constexpr int64_t kMinHealthIntervalMs = 100;
+inline constexpr int64_t kMaxHealthMs = int64_t{3600} * 1000;
+inline constexpr int kMaxHealthThreshold = 100;
 
-// Checks flags before anything binds: exactly one of upstreams / service+registry, limits in range.
+// Checks flags before anything binds: exactly one of upstreams / service+registry, limits in range
+// (health checks only with upstreams).
 Status ValidateProxyOptions(const ProxyOptions& opts);
 
 class ProxyServer {

@@ -1,7 +1,8 @@
 // haven_test_backend: a tiny HTTP backend for the proxy tests, run as its own process so a test can
 // SIGKILL or SIGSTOP it. GET /id answers the backend's name; ?sleep=MS delays the answer;
-// /status/NNN answers with status NNN; /headers echoes the request headers. Prints `event=listening
-// backend=127.0.0.1:PORT`.
+// /status/NNN answers with status NNN; /headers echoes the request headers. Usage: NAME [PORT]
+// (default 0: ephemeral; a given port lets a test restart a killed backend where it was). Prints
+// `event=listening backend=127.0.0.1:PORT`.
 #include <pthread.h>
 #include <signal.h>
 
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   haven::net::IoRuntime io(2);
   haven::net::HttpServerOptions opts;
-  opts.port = 0;
+  opts.port = static_cast<uint16_t>(argc > 2 ? ToInt(argv[2], 0) : 0);
   haven::net::HttpServer server(io, opts,
                                 [&](haven::net::HttpRequest req, haven::net::Responder respond) {
                                   Handle(io, name, std::move(req), std::move(respond));

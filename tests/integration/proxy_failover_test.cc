@@ -81,6 +81,45 @@ TEST_F(ProxyFailoverTest, KillOneBackendUnderLoadLosesNoRequest) {
             << " ejections=" << Metric("haven_proxy_ejections_total") << "\n";
 }
 
+// Active health checks: a SIGKILLed backend turns unhealthy in /status; restarted on its port it
+// gets traffic again within about two health intervals, and no client request fails meanwhile.
+TEST_F(ProxyFailoverTest, KilledBackendThatComesBackGetsTrafficWithinAHealthPeriod) {
+  StartBackends(3);
+  StartProxyWith({"--threads", "2", "--health-path", "/id", "--health-interval", "200ms",
+                  "--health-timeout", "150ms"});
+  const int b1_port = backends_[1]->Port("backend");
+  Api admin(Url(admin_port_), 5000);
+  auto status = [&] { return admin.Get("/status").body; };
+  auto count = [](const std::string& body, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = body.find(what); at != std::string::npos; at = body.find(what, at + 1)) ++n;
+    return n;
+  };
+  Load load(port_, 4);
+  ASSERT_TRUE(WaitFor([&] { return load.ok() > 100 && load.by_backend().size() == 3; }, 5000));
+  EXPECT_EQ(count(status(), "\"healthy\":false"), 0u) << status();
+  backends_[1]->Kill();
+  ASSERT_TRUE(WaitFor([&] { return count(status(), "\"healthy\":false") == 2; }, 3000))
+      << "b1 should be unhealthy on both workers: " << status();
+  EXPECT_NE(status().find("127.0.0.1:" + std::to_string(b1_port)), std::string::npos);
+  EXPECT_GE(Metric("haven_proxy_health_checks_total{result=\"fail\"}"), 2);
+  // Long enough for the outlier detector to have ejected it too: health must end that at once.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const int64_t b1_before = load.by_backend()["b1"];
+  backends_[1] = StartBackend("b1", b1_port);
+  ASSERT_EQ(backends_[1]->Port("backend"), b1_port);
+  const int64_t back_at = NowMs();
+  ASSERT_TRUE(WaitFor([&] { return load.by_backend()["b1"] > b1_before; }, 5000, 5))
+      << "the restarted backend never got traffic: " << status();
+  const int64_t took = NowMs() - back_at;
+  std::cout << "restarted backend got traffic after " << took << " ms\n";
+  EXPECT_LE(took, 1000) << "within about two health intervals of 200 ms";
+  ASSERT_TRUE(WaitFor([&] { return count(status(), "\"healthy\":false") == 0; }, 2000)) << status();
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << "first failure: " << load.first_failure();
+  EXPECT_GE(Metric("haven_proxy_health_checks_total{result=\"pass\"}"), 3);
+}
+
 TEST_F(ProxyFailoverTest, StoppedBackendTimesOutPerTryAndFailsOver) {
   StartBackends(3);
   StartProxyWith({"--threads", "2", "--per-try-timeout", "300ms"});

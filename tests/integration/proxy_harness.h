@@ -118,9 +118,11 @@ class ChildProcess {
   pid_t pid_ = -1;
 };
 
-// A test backend process (tests/integration/backend_main.cc) named `name`.
-inline std::unique_ptr<ChildProcess> StartBackend(const std::string& name) {
-  auto b = std::make_unique<ChildProcess>(std::vector<std::string>{HAVEN_TEST_BACKEND, name});
+// A test backend process (tests/integration/backend_main.cc) named `name`, on `port` (0:
+// ephemeral; a given port restarts a killed backend where the proxy knows it).
+inline std::unique_ptr<ChildProcess> StartBackend(const std::string& name, int port = 0) {
+  auto b = std::make_unique<ChildProcess>(
+      std::vector<std::string>{HAVEN_TEST_BACKEND, name, std::to_string(port)});
   Status s = b->Start();
   EXPECT_TRUE(s.ok()) << s.ToString();
   return b;

@@ -146,5 +146,30 @@ TEST(OutlierDetector, ValidatesAndClampsOptions) {
   EXPECT_LE(d.options().max_ejection_ms, 24LL * 3600 * 1000);
 }
 
+TEST(OutlierDetector, ForgiveEndsAnEjectionAndTheStreakButKeepsTheDoubling) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(4));
+  ASSERT_EQ(FailUntilEjected(d, "e0", 0), 3);
+  ASSERT_TRUE(d.IsEjected("e0", 100));
+  d.Forgive("e0", 100);
+  EXPECT_FALSE(d.IsEjected("e0", 100)) << "a passing health check ends the ejection at once";
+  EXPECT_EQ(d.ejected_count(100), 0u);
+  // The streak starts over: two failures do not eject, the third does, for the doubled time.
+  EXPECT_FALSE(d.OnResult("e0", true, 200));
+  EXPECT_FALSE(d.OnResult("e0", true, 200));
+  EXPECT_TRUE(d.OnResult("e0", true, 200));
+  EXPECT_TRUE(d.IsEjected("e0", 200 + 1'999));
+  EXPECT_FALSE(d.IsEjected("e0", 200 + 2'000));
+  // Forgiving a non-ejected endpoint resets its streak only; unknown ids are ignored.
+  EXPECT_FALSE(d.OnResult("e1", true, 0));
+  EXPECT_FALSE(d.OnResult("e1", true, 0));
+  d.Forgive("e1", 0);
+  EXPECT_FALSE(d.OnResult("e1", true, 0));
+  EXPECT_FALSE(d.OnResult("e1", true, 0));
+  EXPECT_FALSE(d.IsEjected("e1", 0));
+  d.Forgive("nope", 0);
+  EXPECT_EQ(d.ejections_total(), 2u);
+}
+
 }  // namespace
 }  // namespace haven::lb

@@ -83,5 +83,26 @@ TEST(ProxyOptionsTest, Validation) {
   EXPECT_FALSE(ValidateProxyOptions(o).ok());
 }
 
+TEST(ProxyOptionsTest, HealthChecksAndHashHeader) {
+  ProxyOptions o;
+  o.upstreams = {"127.0.0.1:1"};
+  o.health_path = "/health";
+  EXPECT_TRUE(ValidateProxyOptions(o).ok());
+  o.health_path = "health";
+  EXPECT_FALSE(ValidateProxyOptions(o).ok()) << "a path starts with /";
+  o.health_path = "/a b";
+  EXPECT_FALSE(ValidateProxyOptions(o).ok()) << "no spaces in the path";
+  o.health_path = "/health";
+  o.upstreams.clear();
+  o.service = "web";
+  o.registry = "http://127.0.0.1:8500";
+  EXPECT_FALSE(ValidateProxyOptions(o).ok()) << "active checks are for static upstreams";
+  o.health_path.clear();
+  o.hash_header = "X-User";
+  EXPECT_FALSE(ValidateProxyOptions(o).ok()) << "--hash-header needs ring_hash";
+  o.policy = lb::Policy::kRingHash;
+  EXPECT_TRUE(ValidateProxyOptions(o).ok());
+}
+
 }  // namespace
 }  // namespace haven::proxy

@@ -5,7 +5,6 @@
 #include <mutex>
 #include <set>
 
-
 #include "base/log.h"
 #include "client/health_json.h"
 #include "lb/balancer.h"

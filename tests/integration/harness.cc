@@ -94,29 +94,34 @@ Status ServerProcess::Spawn() {
   std::vector<std::string> args = {HAVEN_BINARY, "server",      "--data-dir",  data_dir_,
                                    "--http",     "127.0.0.1:0", "--node-name", "test-node"};
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+  auto pid = SpawnLogged(std::move(args), fd);
+  if (!pid.ok()) return pid.status();
+  pid_ = *pid;
+  port_ = 0;
+  return Status::Ok();
+}
+
+Result<pid_t> SpawnLogged(std::vector<std::string> args, int log_fd) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) {
-    ::close(fd);
+    ::close(log_fd);
     return Status::IoError("fork: " + std::string(std::strerror(errno)));
   }
   if (pid == 0) {
     // Child: only async-signal-safe calls until exec. Dies with the test if the test dies.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(126);
-    ::dup2(fd, STDOUT_FILENO);
-    ::dup2(fd, STDERR_FILENO);
+    ::dup2(log_fd, STDOUT_FILENO);
+    ::dup2(log_fd, STDERR_FILENO);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
-  ::close(fd);
-  pid_ = pid;
-  port_ = 0;
-  return Status::Ok();
+  ::close(log_fd);
+  return pid;
 }
 
 Status ServerProcess::AwaitListening(int64_t deadline_ms) {

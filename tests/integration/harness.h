@@ -39,6 +39,10 @@ bool WaitFor(const std::function<bool()>& predicate, int64_t deadline_ms, int64_
 // Milliseconds on a monotonic clock, for measuring how long something took.
 int64_t NowMs();
 
+// Starts argv[0] with argv, stdout and stderr going to the open file `log_fd` (closed here), as a
+// child that dies with the test process. Returns its pid.
+Result<pid_t> SpawnLogged(std::vector<std::string> argv, int log_fd);
+
 // How a ServerProcess ended (from waitpid).
 struct ExitInfo {
   bool exited = false;  // normal exit (then `code` is set), otherwise killed by `signal`

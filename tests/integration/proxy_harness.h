@@ -39,25 +39,9 @@ class ChildProcess {
   Status Start(int64_t deadline_ms = 10000) {
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return Status::IoError("open log: " + std::string(std::strerror(errno)));
-    std::vector<char*> argv;
-    for (auto& a : argv_) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      ::close(fd);
-      return Status::IoError("fork failed");
-    }
-    if (pid == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(126);
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fd);
-    pid_ = pid;
+    auto pid = SpawnLogged(argv_, fd);
+    if (!pid.ok()) return pid.status();
+    pid_ = *pid;
     bool up = WaitFor([&] { return ReadLog().find("event=listening") != std::string::npos; },
                       deadline_ms);
     if (!up) return Status::Unavailable("no event=listening line; log:\n" + ReadLog());

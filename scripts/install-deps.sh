@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config clang-format clang-tidy
   libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev
   libssl-dev librocksdb-dev libprotobuf-dev protobuf-compiler
-  libcli11-dev libfmt-dev libspdlog-dev libsqlite3-dev
+  libcli11-dev libfmt-dev libspdlog-dev libsqlite3-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   nodejs
 )

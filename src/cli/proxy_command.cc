@@ -2,58 +2,130 @@
 
 #include <iostream>
 
-#include "base/duration.h"
+#include "proxy/config_file.h"
+#include "proxy/proxy.h"
 
 namespace haven::cli {
+namespace {
+
+using proxy::SettingScope;
+
+// The route settings that make sense for the one catch-all route the flags describe.
+bool IsRouteFlag(std::string_view name) { return name == "retry-non-idempotent"; }
+// The cluster's name comes from --service (or "static"), not from a flag.
+bool IsClusterFlag(std::string_view name) { return name != "name"; }
+
+std::string_view GroupOf(SettingScope scope) {
+  switch (scope) {
+    case SettingScope::kProxy:
+      return "Proxy (also with --config)";
+    case SettingScope::kListener:
+    case SettingScope::kRoute:
+      return "Listener (without --config)";
+    case SettingScope::kCluster:
+      break;
+  }
+  return "Cluster (without --config)";
+}
+
+void AddFlag(CLI::App* cmd, ProxyCommandOptions& opts, SettingScope scope,
+             const proxy::SettingInfo& info) {
+  ProxyFlag& flag = opts.flags.emplace_back();
+  flag.scope = scope;
+  flag.name = std::string(info.name);
+  std::string name = "--" + flag.name;
+  std::string help(info.help);
+  if (info.repeatable) {
+    flag.option = cmd->add_option(name, flag.values, help);
+  } else if (info.name == "retry-non-idempotent") {
+    // A switch: bare means true, and --retry-non-idempotent=false still parses.
+    flag.option = cmd->add_flag(name, flag.value, help);
+  } else {
+    flag.option = cmd->add_option(name, flag.value, help);
+  }
+  flag.option->default_str(proxy::DefaultSettingText(scope, info.name));
+  flag.option->type_name(std::string(info.kind));
+  flag.option->group(std::string(GroupOf(scope)));
+}
+
+bool Given(const ProxyFlag& flag) { return flag.option != nullptr && flag.option->count() > 0; }
+
+// Applies every given flag of `scope` to `target` through `set`.
+template <typename T, typename Setter>
+Status ApplyFlags(const ProxyCommandOptions& opts, SettingScope scope, T* target, Setter set) {
+  for (const ProxyFlag& flag : opts.flags) {
+    if (flag.scope != scope || !Given(flag)) continue;
+    std::vector<std::string> values = flag.values;
+    if (values.empty()) values.push_back(flag.value);
+    for (const std::string& v : values) {
+      if (Status s = set(target, flag.name, v); !s.ok()) {
+        return Status::InvalidArgument("--" + s.message());
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// The listener and cluster flags, which --config replaces.
+std::vector<std::string> GivenListenerAndClusterFlags(const ProxyCommandOptions& opts) {
+  std::vector<std::string> out;
+  for (const ProxyFlag& flag : opts.flags) {
+    if (flag.scope != SettingScope::kProxy && Given(flag)) out.push_back("--" + flag.name);
+  }
+  return out;
+}
+
+Result<proxy::ProxyOptions> FromConfigFile(const ProxyCommandOptions& opts) {
+  if (auto given = GivenListenerAndClusterFlags(opts); !given.empty()) {
+    return Status::InvalidArgument("give either --config or the listener flags (" + given[0] +
+                                   " given with --config)");
+  }
+  auto loaded = proxy::LoadProxyConfig(opts.config);
+  if (!loaded.ok()) return loaded.status();
+  proxy::ProxyOptions p = std::move(loaded).value();
+  if (Status s = ApplyFlags(opts, SettingScope::kProxy, &p, proxy::SetProxySetting); !s.ok()) {
+    return s;
+  }
+  return p;
+}
+
+Result<proxy::ProxyOptions> FromFlags(const ProxyCommandOptions& opts) {
+  proxy::ProxyOptions p;
+  proxy::ClusterOptions cluster;
+  proxy::ListenerOptions listener;
+  proxy::RouteOptions route;
+  Status s = ApplyFlags(opts, SettingScope::kProxy, &p, proxy::SetProxySetting);
+  if (s.ok()) s = ApplyFlags(opts, SettingScope::kCluster, &cluster, proxy::SetClusterSetting);
+  if (s.ok()) s = ApplyFlags(opts, SettingScope::kListener, &listener, proxy::SetListenerSetting);
+  if (s.ok()) s = ApplyFlags(opts, SettingScope::kRoute, &route, proxy::SetRouteSetting);
+  if (!s.ok()) return s;
+  cluster.name = cluster.service.empty() ? "static" : cluster.service;
+  route.cluster = cluster.name;
+  listener.routes.push_back(std::move(route));
+  p.clusters.push_back(std::move(cluster));
+  p.listeners.push_back(std::move(listener));
+  return p;
+}
+
+}  // namespace
 
 void AddProxyCommand(CLI::App& app, ProxyCommandOptions& opts) {
-  proxy::ProxyOptions& p = opts.proxy;
-  CLI::App* cmd = app.add_subcommand("proxy", "Run the HTTP/1.1 load-balancing failover proxy");
-  cmd->add_option("--listen", p.listen, "Client address HOST:PORT (port 0: ephemeral)")
-      ->capture_default_str();
-  cmd->add_option("--upstream", p.upstreams, "Static upstream HOST:PORT (repeat for several)");
-  cmd->add_option("--service", p.service, "Follow this service's passing instances");
-  cmd->add_option("--registry", p.registry, "Registry for --service: http://HOST:PORT");
-  cmd->add_option("--lb", opts.lb, "round_robin|least_request|ewma|ring_hash|random")
-      ->capture_default_str();
-  cmd->add_option("--hash-header", p.hash_header,
-                  "ring_hash key: this request header (default: the client address)");
-  cmd->add_option("--threads", p.threads, "Worker threads (0: one per core)")
-      ->capture_default_str()
-      ->check(CLI::Range(0, proxy::kMaxThreads));
-  cmd->add_option("--admin", p.admin, "Admin address HOST:PORT for /metrics and /status");
-  cmd->add_option("--per-try-timeout", opts.per_try_timeout, "Timeout of one upstream attempt")
-      ->capture_default_str();
-  cmd->add_option("--timeout", opts.timeout, "Overall timeout of one client request")
-      ->capture_default_str();
-  cmd->add_option("--max-attempts", p.retry.max_attempts, "Upstream attempts per request at most")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 10));
-  cmd->add_option("--max-pending", p.circuit.max_pending,
-                  "Requests in flight per instance and worker; beyond: a fast 503")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1'000'000));
-  cmd->add_option("--max-body", p.max_body_bytes, "Largest buffered request body in bytes")
-      ->capture_default_str();
-  cmd->add_option("--header-timeout", opts.header_timeout, "Time to read one client request")
-      ->capture_default_str();
-  cmd->add_option("--drain-timeout", opts.drain_timeout, "SIGTERM: time for in-flight requests")
-      ->capture_default_str();
-  cmd->add_option("--health-path", p.health_path,
-                  "Active health checks (with --upstream): GET this path on every upstream");
-  cmd->add_option("--health-interval", opts.health_interval,
-                  "Time between health checks of one upstream (100ms..1h)")
-      ->capture_default_str();
-  cmd->add_option("--health-timeout", opts.health_timeout, "Timeout of one health check")
-      ->capture_default_str();
-  cmd->add_option("--unhealthy-threshold", p.unhealthy_threshold,
-                  "Failed health checks in a row that take an upstream out")
-      ->capture_default_str()
-      ->check(CLI::Range(1, proxy::kMaxHealthThreshold));
-  cmd->add_option("--healthy-threshold", p.healthy_threshold,
-                  "Passed health checks in a row that bring an upstream back")
-      ->capture_default_str()
-      ->check(CLI::Range(1, proxy::kMaxHealthThreshold));
+  CLI::App* cmd =
+      app.add_subcommand("proxy", "Run the HTTP/1.1 and TCP load-balancing failover proxy");
+  cmd->add_option("--config", opts.config,
+                  "YAML file of listeners, routes and clusters (see docs/proxy.md)");
+  for (const auto& info : proxy::SettingsOf(SettingScope::kProxy)) {
+    AddFlag(cmd, opts, SettingScope::kProxy, info);
+  }
+  for (const auto& info : proxy::SettingsOf(SettingScope::kListener)) {
+    AddFlag(cmd, opts, SettingScope::kListener, info);
+  }
+  for (const auto& info : proxy::SettingsOf(SettingScope::kRoute)) {
+    if (IsRouteFlag(info.name)) AddFlag(cmd, opts, SettingScope::kRoute, info);
+  }
+  for (const auto& info : proxy::SettingsOf(SettingScope::kCluster)) {
+    if (IsClusterFlag(info.name)) AddFlag(cmd, opts, SettingScope::kCluster, info);
+  }
   opts.command = cmd;
 }
 
@@ -61,42 +133,20 @@ bool ProxyCommandParsed(const ProxyCommandOptions& opts) {
   return opts.command && opts.command->parsed();
 }
 
-namespace {
-
-// Parses a duration flag into *out_ms; prints the error and returns false on bad input.
-bool ParseDurationFlag(const char* flag, const std::string& text, int64_t* out_ms) {
-  auto ms = ParseDurationMs(text);
-  if (!ms.ok() || *ms <= 0) {
-    std::cerr << "haven proxy: " << flag << ": bad duration \"" << text << "\"\n";
-    return false;
-  }
-  *out_ms = *ms;
-  return true;
+Result<proxy::ProxyOptions> BuildProxyOptions(const ProxyCommandOptions& opts) {
+  auto built = opts.config.empty() ? FromFlags(opts) : FromConfigFile(opts);
+  if (!built.ok()) return built;
+  if (Status s = proxy::ValidateProxyOptions(*built); !s.ok()) return s;
+  return built;
 }
 
-}  // namespace
-
 int RunProxyCommand(ProxyCommandOptions& opts) {
-  proxy::ProxyOptions& p = opts.proxy;
-  auto policy = lb::ParsePolicy(opts.lb);
-  if (!policy.ok()) {
-    std::cerr << "haven proxy: --lb: " << policy.status().message() << "\n";
+  auto built = BuildProxyOptions(opts);
+  if (!built.ok()) {
+    std::cerr << "haven proxy: " << built.status().message() << "\n";
     return 2;
   }
-  p.policy = *policy;
-  if (!ParseDurationFlag("--per-try-timeout", opts.per_try_timeout, &p.retry.per_try_timeout_ms) ||
-      !ParseDurationFlag("--timeout", opts.timeout, &p.retry.overall_timeout_ms) ||
-      !ParseDurationFlag("--header-timeout", opts.header_timeout, &p.header_timeout_ms) ||
-      !ParseDurationFlag("--drain-timeout", opts.drain_timeout, &p.drain_timeout_ms) ||
-      !ParseDurationFlag("--health-interval", opts.health_interval, &p.health_interval_ms) ||
-      !ParseDurationFlag("--health-timeout", opts.health_timeout, &p.health_timeout_ms)) {
-    return 2;
-  }
-  if (Status s = proxy::ValidateProxyOptions(p); !s.ok()) {
-    std::cerr << "haven proxy: " << s.message() << "\n";
-    return 2;
-  }
-  return proxy::RunProxy(p);
+  return proxy::RunProxy(*built);
 }
 
 }  // namespace haven::cli

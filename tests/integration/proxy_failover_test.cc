@@ -102,7 +102,7 @@ TEST_F(ProxyFailoverTest, KilledBackendThatComesBackGetsTrafficWithinAHealthPeri
   ASSERT_TRUE(WaitFor([&] { return count(status(), "\"healthy\":false") == 2; }, 3000))
       << "b1 should be unhealthy on both workers: " << status();
   EXPECT_NE(status().find("127.0.0.1:" + std::to_string(b1_port)), std::string::npos);
-  EXPECT_GE(Metric("haven_proxy_health_checks_total{result=\"fail\"}"), 2);
+  EXPECT_GE(Metric("haven_proxy_health_checks_total{service=\"static\",result=\"fail\"}"), 2);
   // Long enough for the outlier detector to have ejected it too: health must end that at once.
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const int64_t b1_before = load.by_backend()["b1"];
@@ -117,7 +117,7 @@ TEST_F(ProxyFailoverTest, KilledBackendThatComesBackGetsTrafficWithinAHealthPeri
   ASSERT_TRUE(WaitFor([&] { return count(status(), "\"healthy\":false") == 0; }, 2000)) << status();
   load.Stop();
   EXPECT_EQ(load.failed(), 0) << "first failure: " << load.first_failure();
-  EXPECT_GE(Metric("haven_proxy_health_checks_total{result=\"pass\"}"), 3);
+  EXPECT_GE(Metric("haven_proxy_health_checks_total{service=\"static\",result=\"pass\"}"), 3);
 }
 
 TEST_F(ProxyFailoverTest, StoppedBackendTimesOutPerTryAndFailsOver) {

@@ -1,0 +1,194 @@
+#include "proxy/cluster.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include <boost/json.hpp>
+
+#include "base/log.h"
+
+namespace haven::proxy {
+
+MonoMs NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+
+// A connection idle for less than this cannot have hit an upstream keep-alive timeout yet: it is
+// reused without the liveness poll (one syscall per request saved). A rare close in that window is
+// still caught: the attempt retries on a fresh connection before any byte was answered.
+constexpr auto kTrustIdleFor = std::chrono::milliseconds(500);
+
+// True when an idle pooled connection was closed by the peer (or sent something unasked).
+bool IdleConnectionDead(Socket& s) {
+  pollfd p{};
+  p.fd = s.native_handle();
+  p.events = POLLIN | POLLRDHUP;
+  return ::poll(&p, 1, 0) != 0;
+}
+
+}  // namespace
+
+Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, Executor ex, uint64_t seed)
+    : opts_(opts),
+      m_(metrics),
+      ex_(ex),
+      balancer_(lb::MakeBalancer(opts.policy, 0x9e3779b97f4a7c15ULL + seed)),
+      outlier_(opts.outlier),
+      retry_(opts.retry, 0x2545f4914f6cdd1dULL + seed),
+      breaker_(opts.circuit),
+      list_(std::make_shared<const std::vector<lb::Endpoint>>()) {}
+
+Cluster::~Cluster() { slots_.clear(); }  // while breaker_ still counts their closes
+
+void Cluster::SetEndpoints(const EndpointSnapshot& snap) {
+  balancer_->SetEndpoints(*snap);
+  outlier_.SetEndpoints(*snap);
+  auto list = std::make_shared<const std::vector<lb::Endpoint>>(balancer_->endpoints());
+  std::vector<Slot> slots(list->size());
+  std::unordered_map<std::string, size_t> index_of;
+  for (size_t i = 0; i < list->size(); ++i) {
+    const std::string& id = (*list)[i].id;
+    index_of[id] = i;
+    if (auto old = index_of_.find(id); old != index_of_.end()) {
+      slots[i].idle = std::move(slots_[old->second].idle);
+    }
+    auto& hist = latency_by_id_[id];
+    if (hist == nullptr) hist = m_.InstanceLatency(id);
+    slots[i].latency = hist;
+  }
+  list_ = std::move(list);
+  slots_ = std::move(slots);  // idle connections of instances gone close here
+  index_of_ = std::move(index_of);
+}
+
+void Cluster::SetHealth(const std::string& id, bool healthy) {
+  if (healthy) {
+    unhealthy_.erase(id);
+    outlier_.Forgive(id, NowMs());
+    return;
+  }
+  unhealthy_.insert(id);
+  if (auto it = index_of_.find(id); it != index_of_.end()) slots_[it->second].idle.clear();
+}
+
+void Cluster::Drain() {
+  draining_ = true;
+  for (Slot& s : slots_) s.idle.clear();
+}
+
+bool Cluster::Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried) const {
+  const std::string& id = (*list_)[i].id;
+  if (unhealthy_.contains(id) || outlier_.IsEjected(id, now) || breaker_.IsFull(id)) return false;
+  if (slots_[i].idle.empty() && breaker_.connections(id) >= opts_.circuit.max_connections) {
+    return false;
+  }
+  return allow_tried || std::find(tried.begin(), tried.end(), id) == tried.end();
+}
+
+std::optional<Cluster::Picked> Cluster::Pick(MonoMs now, const Tried& tried, bool allow_tried,
+                                             std::optional<uint64_t> hash) {
+  lb::PickContext ctx;
+  ctx.now = now;
+  ctx.hash = hash;
+  ctx.eligible = [&](size_t i) { return Eligible(i, now, tried, false); };
+  auto idx = balancer_->Pick(ctx);
+  if (!idx && allow_tried) {
+    ctx.eligible = [&](size_t i) { return Eligible(i, now, tried, true); };
+    idx = balancer_->Pick(ctx);
+  }
+  if (!idx) return std::nullopt;
+  balancer_->OnStart(*idx, now);
+  breaker_.TryAcquire((*list_)[*idx].id);
+  return Picked{list_, *idx};
+}
+
+std::optional<size_t> Cluster::CurrentIndex(const Picked& p) const {
+  if (p.list == list_) return p.index;
+  auto it = index_of_.find(p.endpoint().id);
+  if (it == index_of_.end()) return std::nullopt;
+  return it->second;
+}
+
+void Cluster::Finish(const Picked& p, MonoMs start, bool failed) {
+  MonoMs now = NowMs();
+  const lb::Endpoint& ep = p.endpoint();
+  breaker_.Release(ep.id);
+  auto idx = CurrentIndex(p);
+  if (idx) {
+    balancer_->OnFinish(*idx, now, (now - start) * 1000, failed);
+    slots_[*idx].latency->Observe(static_cast<double>(now - start) / 1000.0);
+  }
+  if (outlier_.OnResult(ep.id, failed, now)) {
+    m_.ejections->Inc();
+    HLOG_WARN("proxy_ejected", "cluster={} upstream={} addr={}:{}", m_.name, ep.id, ep.host,
+              ep.port);
+  }
+}
+
+bool Cluster::AnyFull() const {
+  for (const auto& e : *list_) {
+    if (breaker_.IsFull(e.id)) return true;
+  }
+  return false;
+}
+
+std::unique_ptr<UpstreamConn> Cluster::TakeIdle(const Picked& p) {
+  auto idx = CurrentIndex(p);
+  if (!idx) return nullptr;
+  auto& conns = slots_[*idx].idle;
+  SteadyTime now = SteadyNow();
+  while (!conns.empty()) {
+    std::unique_ptr<UpstreamConn> c = std::move(conns.back());
+    conns.pop_back();
+    if (now - c->idle_since < kTrustIdleFor || !IdleConnectionDead(c->socket)) return c;
+  }
+  return nullptr;
+}
+
+void Cluster::ReturnIdle(const Picked& p, std::unique_ptr<UpstreamConn> conn) {
+  if (draining_) return;
+  auto idx = CurrentIndex(p);
+  if (!idx || unhealthy_.contains(p.endpoint().id)) return;
+  auto& conns = slots_[*idx].idle;
+  if (conns.size() >= opts_.max_idle_per_endpoint) return;
+  conn->deadline.Clear();
+  conn->idle_since = SteadyNow();
+  conns.push_back(std::move(conn));
+}
+
+std::unique_ptr<UpstreamConn> Cluster::NewConnection(const Picked& p) {
+  const std::string& id = p.endpoint().id;
+  if (!breaker_.TryAcquireConnection(id)) return nullptr;
+  std::weak_ptr<bool> alive = alive_;
+  return std::make_unique<UpstreamConn>(ex_, [this, alive, id] {
+    if (!alive.expired()) breaker_.ReleaseConnection(id);
+  });
+}
+
+boost::json::array Cluster::StatusJson() const {
+  boost::json::array eps;
+  MonoMs now = NowMs();
+  for (size_t i = 0; i < list_->size(); ++i) {
+    const lb::Endpoint& ep = (*list_)[i];
+    boost::json::object e;
+    e["id"] = ep.id;
+    e["address"] = ep.host + ":" + std::to_string(ep.port);
+    e["weight"] = ep.weight;
+    e["outstanding"] = balancer_->outstanding(i);
+    e["ejected"] = outlier_.IsEjected(ep.id, now);
+    e["healthy"] = !unhealthy_.contains(ep.id);
+    e["pending"] = breaker_.pending(ep.id);
+    e["connections"] = breaker_.connections(ep.id);
+    e["idle_connections"] = slots_[i].idle.size();
+    eps.push_back(std::move(e));
+  }
+  return eps;
+}
+
+}  // namespace haven::proxy

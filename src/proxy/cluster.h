@@ -1,0 +1,106 @@
+// Cluster: one worker's state for one cluster of upstream instances: its balancer, outlier
+// detector, retry policy, circuit breaker, health marks and pool of idle upstream connections.
+// Share-nothing: every worker has its own, touched only on the worker's thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <boost/json/object.hpp>
+
+#include "base/clock.h"
+#include "lb/balancer.h"
+#include "lb/circuit_breaker.h"
+#include "lb/outlier_detector.h"
+#include "lb/retry_policy.h"
+#include "proxy/discovery.h"
+#include "proxy/proxy_metrics.h"
+#include "proxy/proxy_options.h"
+#include "proxy/upstream_conn.h"
+
+namespace haven::proxy {
+
+MonoMs NowMs();
+
+class Cluster {
+ public:
+  // An instance picked for one attempt. Holds the endpoint list it came from, so it stays valid
+  // when discovery replaces the list meanwhile.
+  struct Picked {
+    std::shared_ptr<const std::vector<lb::Endpoint>> list;
+    size_t index = 0;
+    const lb::Endpoint& endpoint() const { return (*list)[index]; }
+  };
+  // Instances already tried by one request (a handful at most: max_attempts <= 10).
+  using Tried = std::vector<std::string>;
+
+  Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, Executor ex, uint64_t seed);
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  const ClusterOptions& options() const { return opts_; }
+  ClusterMetrics& metrics() const { return m_; }
+  lb::RetryPolicy& retry() { return retry_; }
+
+  // Discovery delivered a new immutable list: instances gone get no new picks and their idle
+  // connections close; attempts in flight finish (draining).
+  void SetEndpoints(const EndpointSnapshot& snap);
+  // Active health checks: unhealthy = no picks; healthy again ends an outlier ejection too.
+  void SetHealth(const std::string& id, bool healthy);
+  // Shutdown: idle connections close and none are pooled any more.
+  void Drain();
+
+  // Picks an eligible instance (healthy, not ejected, under its limits) not in `tried`; with
+  // `allow_tried` a tried one when no other is left. Counts the attempt as started.
+  std::optional<Picked> Pick(MonoMs now, const Tried& tried, bool allow_tried,
+                             std::optional<uint64_t> hash);
+  // Reports a finished attempt to the balancer, the outlier detector and the metrics.
+  void Finish(const Picked& p, MonoMs start, bool failed);
+  // True when some instance is at its request or connection limit (the 503 says so).
+  bool AnyFull() const;
+
+  // A pooled connection to the instance that is still open, or nullptr.
+  std::unique_ptr<UpstreamConn> TakeIdle(const Picked& p);
+  // Pools a connection after a complete keep-alive exchange (dropped when draining or gone).
+  void ReturnIdle(const Picked& p, std::unique_ptr<UpstreamConn> conn);
+  // A new unconnected connection counted against the instance's limit, or nullptr at the limit.
+  std::unique_ptr<UpstreamConn> NewConnection(const Picked& p);
+
+  // This worker's view of the instances for /status.
+  boost::json::array StatusJson() const;
+
+ private:
+  // Per instance of the current list, parallel to list_.
+  struct Slot {
+    std::vector<std::unique_ptr<UpstreamConn>> idle;
+    metrics::Histogram* latency = nullptr;
+  };
+  // Index of p's instance in the current list, or nullopt when it has left.
+  std::optional<size_t> CurrentIndex(const Picked& p) const;
+  bool Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried) const;
+
+  const ClusterOptions& opts_;
+  ClusterMetrics& m_;
+  Executor ex_;
+  std::unique_ptr<lb::Balancer> balancer_;
+  lb::OutlierDetector outlier_;
+  lb::RetryPolicy retry_;
+  lb::CircuitBreaker breaker_;
+  std::shared_ptr<const std::vector<lb::Endpoint>> list_;  // = balancer_->endpoints()
+  std::vector<Slot> slots_;
+  std::unordered_map<std::string, size_t> index_of_;
+  std::unordered_set<std::string> unhealthy_;
+  std::unordered_map<std::string, metrics::Histogram*> latency_by_id_;
+  bool draining_ = false;
+  // Connections that outlive this object (in flight at shutdown) must not report to it.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace haven::proxy

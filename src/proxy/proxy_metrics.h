@@ -1,0 +1,32 @@
+// ClusterMetrics: the Prometheus series of one proxy cluster (label `service`), shared by every
+// worker (lock-free updates), and its per-instance upstream latency histograms.
+#pragma once
+
+#include <string>
+
+#include "base/metrics.h"
+
+namespace haven::proxy {
+
+struct ClusterMetrics {
+  explicit ClusterMetrics(const std::string& cluster);
+
+  void CountResponse(unsigned status);
+  // The histogram of upstream attempt latency of one instance (created on first use; callers
+  // keep the pointer: the lookup takes the registry's lock).
+  metrics::Histogram* InstanceLatency(const std::string& instance_id) const;
+
+  std::string name;
+  metrics::Counter* by_class[6] = {};  // index = status / 100 (0 unused)
+  metrics::Counter* retries;
+  metrics::Counter* failovers;
+  metrics::Counter* ejections;
+  metrics::Counter* connect_errors;
+  metrics::Counter* truncated;  // responses cut short because the upstream failed mid-body
+  metrics::Counter* tcp_connections;
+  metrics::Histogram* latency;  // client request through the proxy
+  metrics::Counter* health_pass;
+  metrics::Counter* health_fail;
+};
+
+}  // namespace haven::proxy

@@ -93,13 +93,22 @@ bool Cluster::Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_trie
 
 std::optional<Cluster::Picked> Cluster::Pick(MonoMs now, const Tried& tried, bool allow_tried,
                                              std::optional<uint64_t> hash) {
+  // One pointer captured: the std::function stays in its small buffer (no allocation per pick).
+  struct Args {
+    const Cluster* self;
+    MonoMs now;
+    const Tried* tried;
+    bool allow_tried;
+  } args{this, now, &tried, false};
   lb::PickContext ctx;
   ctx.now = now;
   ctx.hash = hash;
-  ctx.eligible = [&](size_t i) { return Eligible(i, now, tried, false); };
+  ctx.eligible = [a = &args](size_t i) {
+    return a->self->Eligible(i, a->now, *a->tried, a->allow_tried);
+  };
   auto idx = balancer_->Pick(ctx);
   if (!idx && allow_tried) {
-    ctx.eligible = [&](size_t i) { return Eligible(i, now, tried, true); };
+    args.allow_tried = true;
     idx = balancer_->Pick(ctx);
   }
   if (!idx) return std::nullopt;

@@ -130,7 +130,8 @@ class ChunkedScanner {
 // Connection header names; Transfer-Encoding is kept: chunked bodies are forwarded as they are),
 // the client's address appended to X-Forwarded-For (", ip" after an existing value, or a new
 // header), Host added from `upstream_host` when the request has none (HTTP/1.0), nothing else
-// added (keep-alive is HTTP/1.1's default). Appends to *out.
+// added (keep-alive is HTTP/1.1's default). Appends to *out. Connection may not name
+// Content-Length, Transfer-Encoding or Host away: the next hop must frame the body as we did.
 void AppendUpstreamRequestHead(const RequestHead& req, std::string_view client_ip,
                                std::string_view upstream_host, std::string* out);
 

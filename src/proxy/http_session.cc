@@ -35,14 +35,13 @@ asio::mutable_buffer Room(boost::beast::flat_buffer& b, size_t min_room, size_t 
 
 constexpr size_t kReadChunk = 16 << 10;
 
-// One attempt's outcome: a response head (its body follows in conn->buf and the socket), or why
-// there is none.
+// One attempt's outcome: a response (its head parsed into the session's res_, the rest in
+// conn->buf and the socket), or why there is none.
 struct Attempt {
   std::optional<lb::AttemptFailure> failure;
   bool request_sent = false;
   int status = 0;
   std::unique_ptr<UpstreamConn> conn;  // holds the response when there is one
-  http1::ResponseHead head;
 };
 
 class HttpSession {
@@ -50,6 +49,7 @@ class HttpSession {
   HttpSession(WorkerContext& w, const ListenerRuntime& l, Socket socket)
       : w_(w), l_(l), client_(std::move(socket)), deadline_(client_) {
     limits_.max_head_bytes = w.opts.max_header_bytes;
+    idle_.socket = &client_;
     error_code ec;
     auto remote = client_.remote_endpoint(ec);
     client_ip_ = ec ? "unknown" : remote.address().to_string();
@@ -80,7 +80,7 @@ class HttpSession {
     if (idle) {
       if (w_.draining) co_return false;
       deadline_.ExpireAfterMs(w_.opts.idle_timeout_ms);
-      w_.idle_clients.insert(&client_);
+      w_.idle_clients.push_back(idle_);
     } else if (!request_started_) {
       request_started_ = true;
       deadline_.ExpireAfterMs(w_.opts.header_timeout_ms);
@@ -88,7 +88,7 @@ class HttpSession {
     auto room = Room(in_, kReadChunk, max_size);
     if (room.size() == 0) co_return false;
     auto [ec, n] = co_await client_.async_read_some(room, kAwait);
-    if (idle) w_.idle_clients.erase(&client_);
+    if (idle) idle_.unlink();
     if (ec) co_return false;
     in_.commit(n);
     co_return true;
@@ -314,13 +314,13 @@ class HttpSession {
       bool reused = conn != nullptr;
       if (!conn) {
         conn = c.NewConnection(p);
-        if (!conn) co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr, {}};
+        if (!conn) co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr};
         SteadyTime connect_by = std::min(expiry, SteadyAfterMs(c.options().connect_timeout_ms));
         error_code ec = co_await ConnectUpstream(*conn, p.endpoint(), connect_by);
         if (ec) {
           HLOG_DEBUG("proxy_connect_failed", "upstream={} error=\"{}\"", p.endpoint().id,
                      ec.message());
-          co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr, {}};
+          co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr};
         }
       }
       conn->deadline.ExpireAt(expiry);
@@ -330,7 +330,7 @@ class HttpSession {
         conn.reset();
         if (reused && !timeout) continue;
         auto f = timeout ? lb::AttemptFailure::kTimeout : lb::AttemptFailure::kClosedBeforeResponse;
-        co_return Attempt{f, false, 0, nullptr, {}};
+        co_return Attempt{f, false, 0, nullptr};
       }
       Attempt a = co_await ReadResponseHead(*conn, head);
       if (a.failure == lb::AttemptFailure::kClosedBeforeResponse && reused) {
@@ -340,7 +340,7 @@ class HttpSession {
       if (!a.failure || *a.failure == lb::AttemptFailure::kStatus) a.conn = std::move(conn);
       co_return a;
     }
-    co_return Attempt{lb::AttemptFailure::kClosedBeforeResponse, true, 0, nullptr, {}};
+    co_return Attempt{lb::AttemptFailure::kClosedBeforeResponse, true, 0, nullptr};
   }
 
   // Reads until a final (non-1xx) response head is in conn.buf; interim 1xx answers are dropped.
@@ -353,18 +353,18 @@ class HttpSession {
     bool got_some = conn.buf.size() > 0;
     for (;;) {
       if (conn.buf.size() > 0) {
-        auto st = http1::ParseResponseHead(View(conn.buf), limits, head, &a.head, &err);
+        auto st = http1::ParseResponseHead(View(conn.buf), limits, head, &res_, &err);
         if (st == http1::ParseStatus::kError) {
           HLOG_INFO("proxy_bad_upstream_response", "error=\"{}\"", err.message);
           a.failure = lb::AttemptFailure::kBadGateway;
           co_return a;
         }
         if (st == http1::ParseStatus::kComplete) {
-          if (a.head.status >= 100 && a.head.status < 200) {
-            conn.buf.consume(a.head.head_bytes);
+          if (res_.status >= 100 && res_.status < 200) {
+            conn.buf.consume(res_.head_bytes);
             continue;
           }
-          a.status = a.head.status;
+          a.status = res_.status;
           if (a.status == 502 || a.status == 503 || a.status == 504) {
             a.failure = lb::AttemptFailure::kStatus;
           }
@@ -390,11 +390,11 @@ class HttpSession {
 
   // --- streaming the response -------------------------------------------------------------------
 
-  // Sends the response whose head is in a.conn->buf to the client, body streamed as it arrives.
-  // The upstream connection goes back to the pool after a complete keep-alive exchange.
+  // Sends the response whose head is in res_ (and a.conn->buf) to the client, body streamed as it
+  // arrives. The upstream connection goes back to the pool after a complete keep-alive exchange.
   Task<bool> StreamResponse(Cluster& c, const Cluster::Picked& p, Attempt a) {
     UpstreamConn& conn = *a.conn;
-    const http1::ResponseHead& res = a.head;
+    const http1::ResponseHead& res = res_;
     bool keep = req_.keep_alive && !w_.draining && res.body != BodyKind::kUntilClose &&
                 !(res.body == BodyKind::kChunked && req_.version_minor == 0);
     out_.clear();
@@ -458,10 +458,12 @@ class HttpSession {
   const ListenerRuntime& l_;
   Socket client_;
   SocketDeadline deadline_;
+  IdleClient idle_;  // linked while waiting for the next request
   std::string client_ip_;
   http1::Limits limits_;
   boost::beast::flat_buffer in_;  // the client's bytes: the current request first
   http1::RequestHead req_;
+  http1::ResponseHead res_;   // of the latest attempt (reused: its header vector keeps capacity)
   size_t request_bytes_ = 0;  // head + body of the current request in in_
   bool request_started_ = false;
   std::string up_;   // the current request as sent upstream

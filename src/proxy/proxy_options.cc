@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <array>
 #include <charconv>
 #include <set>
 #include <utility>
@@ -30,8 +31,9 @@ std::string ListenerWhere(size_t index, const ListenerOptions& l) {
 }
 
 bool IsIpAddress(const std::string& host) {
-  unsigned char buf[sizeof(in6_addr)];
-  return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+  std::array<unsigned char, sizeof(in6_addr)> buf{};
+  return inet_pton(AF_INET, host.c_str(), buf.data()) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), buf.data()) == 1;
 }
 
 bool IsNameChar(char ch) {
@@ -110,7 +112,7 @@ struct FieldProbe {
 
 template <typename Opts, size_t N>
 std::string CulpritOf(const Opts& actual, Status (*validate)(const Opts&),
-                      const FieldProbe<Opts> (&fields)[N]) {
+                      const std::array<FieldProbe<Opts>, N>& fields) {
   for (size_t i = 1; i < N; ++i) {
     Opts probe{};
     fields[i].copy(actual, &probe);
@@ -119,7 +121,7 @@ std::string CulpritOf(const Opts& actual, Status (*validate)(const Opts&),
   return fields[0].flag;
 }
 
-constexpr FieldProbe<lb::RetryOptions> kRetryFields[] = {
+constexpr std::array<FieldProbe<lb::RetryOptions>, 7> kRetryFields = {{
     {"retry", [](const lb::RetryOptions&, lb::RetryOptions*) {}},
     {"--max-attempts",
      [](const lb::RetryOptions& f, lb::RetryOptions* t) { t->max_attempts = f.max_attempts; }},
@@ -135,9 +137,9 @@ constexpr FieldProbe<lb::RetryOptions> kRetryFields[] = {
      [](const lb::RetryOptions& f, lb::RetryOptions* t) { t->backoff_max_ms = f.backoff_max_ms; }},
     {"--retry-budget",
      [](const lb::RetryOptions& f, lb::RetryOptions* t) { t->budget_ratio = f.budget_ratio; }},
-};
+}};
 
-constexpr FieldProbe<lb::OutlierOptions> kOutlierFields[] = {
+constexpr std::array<FieldProbe<lb::OutlierOptions>, 5> kOutlierFields = {{
     {"outlier", [](const lb::OutlierOptions&, lb::OutlierOptions*) {}},
     {"--outlier-failures",
      [](const lb::OutlierOptions& f, lb::OutlierOptions* t) {
@@ -153,7 +155,7 @@ constexpr FieldProbe<lb::OutlierOptions> kOutlierFields[] = {
      [](const lb::OutlierOptions& f, lb::OutlierOptions* t) {
        t->max_ejected_fraction = f.max_ejected_fraction;
      }},
-};
+}};
 
 Status ValidateBalancing(const ClusterOptions& c) {
   std::string where = ClusterWhere(c);
@@ -302,9 +304,6 @@ Status ValidateGlobalLimits(const ProxyOptions& o) {
   }
   if (o.max_header_bytes < 1024 || o.max_header_bytes > (size_t{1} << 20)) {
     return Status::InvalidArgument("--max-header-bytes must be within 1KiB..1MiB");
-  }
-  if (o.max_response_bytes == 0 || o.max_response_bytes > (size_t{1} << 31)) {
-    return Status::InvalidArgument("--max-response-bytes must be within 1 byte..2GiB");
   }
   if (o.header_timeout_ms <= 0 || o.header_timeout_ms > kMaxHealthMs) {
     return Status::InvalidArgument("--header-timeout must be within 1ms..1h");

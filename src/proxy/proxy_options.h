@@ -81,10 +81,9 @@ struct ProxyOptions {
   int threads = 0;                  // 0 = one per core (capped at kMaxThreads)
   std::string admin;                // HOST:PORT for /metrics and /status; empty = no admin listener
   size_t max_body_bytes = 8 << 20;  // client request bodies are buffered up to this (413)
-  size_t max_header_bytes = 64 << 10;    // client request heads (431 above)
-  size_t max_response_bytes = 64 << 20;  // a response body larger than this closes the client
-  int64_t header_timeout_ms = 10'000;    // to read one whole client request (slowloris bound)
-  int64_t idle_timeout_ms = 60'000;      // keep-alive client connection with no request; tcp idle
+  size_t max_header_bytes = 64 << 10;  // client request heads (431 above)
+  int64_t header_timeout_ms = 10'000;  // to read one whole client request (slowloris bound)
+  int64_t idle_timeout_ms = 60'000;    // keep-alive client connection with no request; tcp idle
   size_t max_client_connections = 10'000;
   int64_t drain_timeout_ms = 10'000;  // SIGTERM: in-flight requests get this long to finish
   int64_t watch_wait_ms = 60'000;     // registry mode: blocking query ?wait=

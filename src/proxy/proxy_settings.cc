@@ -1,5 +1,6 @@
 #include "proxy/proxy_settings.h"
 
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <functional>
@@ -45,8 +46,8 @@ Result<int64_t> ParseSize(std::string_view key, std::string_view value) {
     std::string_view text;
     int64_t mult;
   };
-  static constexpr Suffix kSuffixes[] = {
-      {"KiB", int64_t{1} << 10}, {"MiB", int64_t{1} << 20}, {"GiB", int64_t{1} << 30}};
+  static constexpr std::array<Suffix, 3> kSuffixes = {
+      {{"KiB", int64_t{1} << 10}, {"MiB", int64_t{1} << 20}, {"GiB", int64_t{1} << 30}}};
   std::string_view digits = value;
   int64_t mult = 1;
   for (const Suffix& s : kSuffixes) {
@@ -88,8 +89,8 @@ Result<ListenerMode> ParseMode(std::string_view key, std::string_view value) {
 }
 
 std::string FormatSize(int64_t bytes) {
-  static constexpr std::pair<int64_t, std::string_view> kUnits[] = {
-      {int64_t{1} << 30, "GiB"}, {int64_t{1} << 20, "MiB"}, {int64_t{1} << 10, "KiB"}};
+  static constexpr std::array<std::pair<int64_t, std::string_view>, 3> kUnits = {
+      {{int64_t{1} << 30, "GiB"}, {int64_t{1} << 20, "MiB"}, {int64_t{1} << 10, "KiB"}}};
   for (const auto& [mult, unit] : kUnits) {
     if (bytes >= mult && bytes % mult == 0) return std::to_string(bytes / mult) + std::string(unit);
   }
@@ -97,9 +98,9 @@ std::string FormatSize(int64_t bytes) {
 }
 
 std::string FormatFraction(double v) {
-  char buf[32];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
-  return ec == std::errc() ? std::string(buf, end) : std::string();
+  std::array<char, 32> buf{};
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
+  return ec == std::errc() ? std::string(buf.data(), end) : std::string();
 }
 
 // One setting of struct T: how to parse a value into it and how to show its default.
@@ -203,9 +204,6 @@ const std::vector<Row<ProxyOptions>>& ProxyRows() {
       Size<P>(
           "max-header-bytes", "Largest client request head, 1KiB..1MiB (431 above)",
           [](auto& o) -> auto& { return o.max_header_bytes; }),
-      Size<P>(
-          "max-response-bytes", "Largest upstream response body, 1B..2GiB",
-          [](auto& o) -> auto& { return o.max_response_bytes; }),
       Duration<P>(
           "header-timeout", "Time to read one whole client request, 1ms..1h",
           [](auto& o) -> auto& { return o.header_timeout_ms; }),

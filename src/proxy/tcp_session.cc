@@ -18,8 +18,10 @@ using namespace asio::experimental::awaitable_operators;  // NOLINT(google-build
 constexpr size_t kPumpBuffer = 16 << 10;
 
 // Copies bytes from `from` to `to` until `from` ends; then half-closes `to`. Any error or an idle
-// timeout closes both sockets, which ends the other direction too.
-Task<void> Pump(Socket& from, SocketDeadline& from_deadline, Socket& to, int64_t idle_ms) {
+// timeout closes both sockets, which ends the other direction too. Traffic either way keeps the
+// connection alive: a write also moves the other direction's read deadline.
+Task<void> Pump(Socket& from, SocketDeadline& from_deadline, Socket& to,
+                SocketDeadline& to_deadline, int64_t idle_ms) {
   std::array<char, kPumpBuffer> buf;
   error_code ec;
   for (;;) {
@@ -30,6 +32,7 @@ Task<void> Pump(Socket& from, SocketDeadline& from_deadline, Socket& to, int64_t
       co_return;
     }
     if (rec) break;
+    to_deadline.ExpireAfterMs(idle_ms);
     auto [wec, wn] = co_await asio::async_write(to, asio::buffer(buf.data(), n), kAwait);
     if (wec) break;
   }
@@ -88,8 +91,9 @@ Task<void> ServeTcpClient(WorkerContext& w, const ListenerRuntime& listener, Soc
   ++w.inflight;
   MonoMs start = NowMs();
   SocketDeadline client_deadline(socket);
-  co_await (Pump(socket, client_deadline, up->socket, w.opts.idle_timeout_ms) &&
-            Pump(up->socket, up->deadline, socket, w.opts.idle_timeout_ms));
+  const int64_t idle = w.opts.idle_timeout_ms;
+  co_await (Pump(socket, client_deadline, up->socket, up->deadline, idle) &&
+            Pump(up->socket, up->deadline, socket, client_deadline, idle));
   c.Finish(*picked, start, false);
   --w.inflight;
 }

@@ -145,7 +145,7 @@ void Worker::PostDrain() {
     for (auto& l : listeners_) {
       if (l->acceptor) l->acceptor->close(ec);
     }
-    for (Socket* s : ctx_.idle_clients) s->close(ec);
+    for (IdleClient& c : ctx_.idle_clients) c.socket->close(ec);
     for (auto& c : clusters_) c->Drain();
   });
 }

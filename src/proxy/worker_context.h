@@ -6,8 +6,9 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
-#include <unordered_set>
 #include <vector>
+
+#include <boost/intrusive/list.hpp>
 
 #include "proxy/cluster.h"
 #include "proxy/io_types.h"
@@ -24,13 +25,21 @@ struct ListenerRuntime {
   std::unique_ptr<Acceptor> acceptor;
 };
 
+// A client connection waiting for its next request: a draining worker closes it. Linked into the
+// worker's list without an allocation; it unlinks itself when destroyed.
+struct IdleClient
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+  Socket* socket = nullptr;
+};
+using IdleClients = boost::intrusive::list<IdleClient, boost::intrusive::constant_time_size<false>>;
+
 struct WorkerContext {
   WorkerContext(const ProxyOptions& o, int i, Executor e) : opts(o), index(i), ex(e) {}
   const ProxyOptions& opts;
   int index;
   Executor ex;
   bool draining = false;
-  std::unordered_set<Socket*> idle_clients;  // waiting for their next request: closed on drain
+  IdleClients idle_clients;
   size_t client_connections = 0;
   std::atomic<int> inflight{0};
 };

@@ -192,6 +192,21 @@ TEST(Http1Request, HeaderFieldErrors) {
   EXPECT_EQ(p.head.Find("X-Empty"), "");
 }
 
+// Every byte at every position of a long value: only HT, SP, VCHAR and obs-text pass.
+TEST(Http1Request, ValueBytesEverywhere) {
+  for (size_t at = 0; at < 21; ++at) {
+    for (int byte = 0; byte < 256; ++byte) {
+      std::string value(21, 'v');
+      value[at] = static_cast<char>(byte);
+      if (byte == '\r' || byte == '\n') continue;  // line structure, tested elsewhere
+      std::string data = "GET / HTTP/1.1\r\nHost: h\r\nX: " + value + "\r\n\r\n";
+      const bool allowed = byte == '\t' || (byte >= 0x20 && byte != 0x7f);
+      Parsed p = Req(data);
+      EXPECT_EQ(p.st == ParseStatus::kComplete, allowed) << at << " " << byte;
+    }
+  }
+}
+
 TEST(Http1Request, SmugglingFraming) {
   ExpectReqError(
       "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400);

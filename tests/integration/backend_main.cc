@@ -1,11 +1,14 @@
 // haven_test_backend: a tiny HTTP backend for the proxy tests, run as its own process so a test can
 // SIGKILL or SIGSTOP it. GET /id answers the backend's name; ?sleep=MS delays the answer;
-// /status/NNN answers with status NNN; /headers echoes the request headers. Usage: NAME [PORT]
+// /status/NNN answers with status NNN; /headers echoes the request headers; POST/PUT /echo answers
+// the request body as it is; GET /bytes?n=N answers N bytes (at most 256 MiB) of a pattern where
+// byte i is i % 251 (a prime, so a lost or repeated block shows). Usage: NAME [PORT]
 // (default 0: ephemeral; a given port lets a test restart a killed backend where it was). Prints
 // `event=listening backend=127.0.0.1:PORT`.
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <string>
@@ -22,6 +25,15 @@ int64_t ToInt(std::string_view s, int64_t dflt) {
   return v;
 }
 
+constexpr int64_t kMaxBytes = int64_t{256} << 20;
+
+// Byte i of a /bytes answer: tests check positions against this.
+std::string PatternBytes(int64_t n) {
+  std::string out(static_cast<size_t>(n), '\0');
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<char>(i % 251);
+  return out;
+}
+
 void Handle(haven::net::IoRuntime& io, const std::string& name, haven::net::HttpRequest req,
             haven::net::Responder respond) {
   haven::net::HttpResponse res{200, "text/plain", {{"X-Backend", name}}, name};
@@ -32,6 +44,15 @@ void Handle(haven::net::IoRuntime& io, const std::string& name, haven::net::Http
   if (req.path == "/headers") {
     res.body.clear();
     for (const auto& [k, v] : req.headers) res.body += k + ": " + v + "\n";
+  }
+  if (req.path == "/echo" && (req.method == "POST" || req.method == "PUT")) {
+    res.content_type = "application/octet-stream";
+    res.body = std::move(req.body);
+  }
+  if (req.path == "/bytes" && req.method == "GET") {
+    const std::string* n = req.Query("n");
+    res.content_type = "application/octet-stream";
+    res.body = PatternBytes(std::clamp<int64_t>(n ? ToInt(*n, 0) : 0, 0, kMaxBytes));
   }
   const std::string* sleep = req.Query("sleep");
   int64_t ms = sleep ? std::min<int64_t>(ToInt(*sleep, 0), 60'000) : 0;

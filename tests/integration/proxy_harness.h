@@ -3,12 +3,17 @@
 // Header-only because the integration CMake builds only *_test.cc and harness.cc.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -17,6 +22,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -37,11 +43,7 @@ class ChildProcess {
 
   // Starts the child and waits for its `event=listening` line.
   Status Start(int64_t deadline_ms = 10000) {
-    int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return Status::IoError("open log: " + std::string(std::strerror(errno)));
-    auto pid = SpawnLogged(argv_, fd);
-    if (!pid.ok()) return pid.status();
-    pid_ = *pid;
+    if (Status s = Spawn(); !s.ok()) return s;
     bool up = WaitFor([&] { return ReadLog().find("event=listening") != std::string::npos; },
                       deadline_ms);
     if (!up) return Status::Unavailable("no event=listening line; log:\n" + ReadLog());
@@ -58,6 +60,67 @@ class ChildProcess {
     size_t colon = log.find(':', at);
     return colon == std::string::npos ? 0 : std::atoi(log.c_str() + colon + 1);
   }
+
+  // The port of the `n`-th (from 0) address of `listeners=A,B,...` on the listening line (0 when
+  // absent): the proxy lists every listener there in config order.
+  int ListenerPort(size_t n) const {
+    std::string log = ReadLog();
+    size_t line = log.find("event=listening");
+    if (line == std::string::npos) return 0;
+    size_t at = log.find(" listeners=", line);
+    if (at == std::string::npos) return 0;
+    size_t end = log.find_first_of(" \n", at + 1);
+    std::string list = log.substr(at + 11, end == std::string::npos ? end : end - at - 11);
+    size_t from = 0;
+    for (size_t i = 0; i < n; ++i) {
+      from = list.find(',', from);
+      if (from == std::string::npos) return 0;
+      ++from;
+    }
+    size_t colon = list.find(':', from);
+    size_t comma = list.find(',', from);
+    if (colon == std::string::npos || (comma != std::string::npos && colon > comma)) return 0;
+    return std::atoi(list.c_str() + colon + 1);
+  }
+
+  // Starts the child without waiting for anything (for a child expected to exit, see WaitExit).
+  Status Spawn() {
+    int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return Status::IoError("open log: " + std::string(std::strerror(errno)));
+    auto pid = SpawnLogged(argv_, fd);
+    if (!pid.ok()) return pid.status();
+    pid_ = *pid;
+    return Status::Ok();
+  }
+  // Waits up to `deadline_ms` for the child to exit by itself (SIGKILL when it does not; then
+  // neither `exited` nor `signal` is set).
+  ExitInfo WaitExit(int64_t deadline_ms) {
+    ExitInfo info;
+    if (pid_ <= 0) return info;
+    int status = 0;
+    bool done = WaitFor([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, deadline_ms);
+    if (!done) {
+      Kill();
+      return info;
+    }
+    pid_ = -1;
+    info.exited = WIFEXITED(status);
+    info.code = info.exited ? WEXITSTATUS(status) : -1;
+    info.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    return info;
+  }
+  // Writes `text` to the file `name` in the child's own temp dir (removed with it); returns its
+  // path. For files the child reads, such as a config.
+  std::string WriteFile(const std::string& name, const std::string& text) {
+    std::string path = dir_.path() + "/" + name;
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+    return path;
+  }
+  // Appends arguments before Start/Spawn (e.g. a path from WriteFile).
+  void AddArgs(const std::vector<std::string>& args) {
+    argv_.insert(argv_.end(), args.begin(), args.end());
+  }
+  pid_t pid() const { return pid_; }
 
   void Signal(int sig) {
     if (pid_ > 0) ::kill(pid_, sig);
@@ -123,7 +186,208 @@ inline std::unique_ptr<ChildProcess> StartProxy(const std::vector<std::string>& 
   return p;
 }
 
+// `haven proxy --config FILE --admin 127.0.0.1:0` plus `args`, FILE holding `yaml`. Listener
+// ports: ListenerPort(n); the admin port: Port("admin").
+inline std::unique_ptr<ChildProcess> StartProxyWithConfig(
+    const std::string& yaml, const std::vector<std::string>& args = {}) {
+  auto p = std::make_unique<ChildProcess>(std::vector<std::string>{HAVEN_BINARY, "proxy"});
+  std::string path = p->WriteFile("proxy.yaml", yaml);
+  p->AddArgs({"--config", path, "--admin", "127.0.0.1:0"});
+  p->AddArgs(args);
+  Status s = p->Start();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return p;
+}
+
+// How `haven proxy --config FILE` (FILE holding `yaml`) plus `args` ended, and what it printed.
+struct ProxyRun {
+  ExitInfo exit;
+  std::string output;
+  std::string config_path;
+};
+
+// Runs `haven proxy --config FILE` expecting it to exit (bad config): waits up to `deadline_ms`.
+inline ProxyRun RunProxyWithConfig(const std::string& yaml,
+                                   const std::vector<std::string>& args = {},
+                                   int64_t deadline_ms = 5000) {
+  ChildProcess p({HAVEN_BINARY, "proxy"});
+  ProxyRun run;
+  run.config_path = p.WriteFile("proxy.yaml", yaml);
+  p.AddArgs({"--config", run.config_path});
+  p.AddArgs(args);
+  Status s = p.Spawn();
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  run.exit = p.WaitExit(deadline_ms);
+  run.output = p.ReadLog();
+  return run;
+}
+
 inline std::string Url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
+
+// One HTTP response read off a plain socket by RawExchange; a chunked body is decoded.
+struct RawResponse {
+  int status = 0;         // 0: no complete status line and head arrived
+  std::string head;       // status line and header fields, lowercase names kept as sent
+  std::string body;       // decoded
+  bool chunked = false;   // the response came with Transfer-Encoding: chunked
+  bool complete = false;  // the body ended where its framing said (or at close, unframed)
+  bool closed = false;    // the peer closed the connection
+  std::string error;      // why reading stopped early, when it did
+};
+
+namespace raw_detail {
+
+inline int ConnectLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Waits for `events` on fd until the absolute `until_ms`; false on timeout or error.
+inline bool PollUntil(int fd, short events, int64_t until_ms) {
+  const int64_t left = until_ms - NowMs();
+  if (left <= 0) return false;
+  pollfd p{fd, events, 0};
+  return ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 60000))) > 0;
+}
+
+inline bool SendAll(int fd, std::string_view bytes, int64_t until_ms) {
+  while (!bytes.empty()) {
+    if (!PollUntil(fd, POLLOUT, until_ms)) return false;
+    ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// The value of header `name` (lowercase) in `head`, case-insensitively; "" when absent.
+inline std::string HeadField(const std::string& head, const std::string& name) {
+  std::string lower = head;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  size_t at = lower.find("\r\n" + name + ":");
+  if (at == std::string::npos) return "";
+  size_t from = at + 3 + name.size();
+  size_t end = lower.find("\r\n", from);
+  std::string v = lower.substr(from, end - from);
+  v.erase(0, v.find_first_not_of(" \t"));
+  v.erase(v.find_last_not_of(" \t") + 1);
+  return v;
+}
+
+// Decodes as much of a chunked body in buf[*pos..] as has arrived. Returns false on bad framing.
+inline bool DecodeChunks(const std::string& buf, size_t* pos, RawResponse* r) {
+  while (!r->complete) {
+    size_t eol = buf.find("\r\n", *pos);
+    if (eol == std::string::npos) return true;
+    uint64_t size = 0;
+    std::string_view line(buf.data() + *pos, eol - *pos);
+    line = line.substr(0, line.find(';'));
+    if (line.empty() || line.size() > 16) return false;
+    for (char c : line) {
+      if (!std::isxdigit(static_cast<unsigned char>(c))) return false;
+      size = size * 16 + static_cast<uint64_t>(std::isdigit(static_cast<unsigned char>(c))
+                                                   ? c - '0'
+                                                   : std::tolower(c) - 'a' + 10);
+    }
+    if (size == 0) {
+      // No trailers expected: the last chunk is followed by an empty line.
+      if (buf.size() < eol + 4) return true;
+      r->complete = buf.compare(eol + 2, 2, "\r\n") == 0;
+      *pos = eol + 4;
+      return r->complete;
+    }
+    if (buf.size() < eol + 2 + size + 2) return true;
+    r->body.append(buf, eol + 2, size);
+    if (buf.compare(eol + 2 + size, 2, "\r\n") != 0) return false;
+    *pos = eol + 2 + size + 2;
+  }
+  return true;
+}
+
+// Fills the head fields of `r` from buf[0..head_end).
+inline void ParseHead(const std::string& buf, size_t head_end, RawResponse* r) {
+  r->head = buf.substr(0, head_end);
+  if (r->head.rfind("HTTP/1.", 0) == 0 && r->head.size() >= 12) {
+    r->status = std::atoi(r->head.c_str() + 9);
+  }
+  r->chunked = HeadField(r->head, "transfer-encoding").find("chunked") != std::string::npos;
+}
+
+}  // namespace raw_detail
+
+// Sends `request` as it is on a fresh connection to 127.0.0.1:port and reads one response: until
+// its framing (Content-Length or chunked) ends, the peer closes, `timeout_ms` passes or more than
+// `max_body` body bytes arrived. For requests a normal client would not send (chunked bodies,
+// malformed framing) and for bodies larger than the HTTP client takes.
+inline RawResponse RawExchange(int port, std::string_view request, int64_t timeout_ms = 5000,
+                               size_t max_body = size_t{512} << 20) {
+  RawResponse r;
+  const int64_t until = NowMs() + timeout_ms;
+  int fd = raw_detail::ConnectLoopback(port);
+  if (fd < 0) {
+    r.error = "connect: " + std::string(std::strerror(errno));
+    return r;
+  }
+  if (!raw_detail::SendAll(fd, request, until)) r.error = "send failed or timed out";
+  std::string buf;
+  size_t head_end = std::string::npos;  // the body starts at head_end + 4
+  size_t pos = 0;                       // chunked: decoded up to here
+  int64_t content_length = -1;
+  std::vector<char> chunk(256 * 1024);
+  while (!r.complete && r.body.size() <= max_body) {
+    if (!raw_detail::PollUntil(fd, POLLIN, until)) {
+      r.error = "timed out";
+      break;
+    }
+    ssize_t got = ::recv(fd, chunk.data(), chunk.size(), 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      r.closed = true;
+      if (head_end != std::string::npos && !r.chunked && content_length < 0) r.complete = true;
+      if (got < 0) r.error = "recv: " + std::string(std::strerror(errno));
+      break;
+    }
+    buf.append(chunk.data(), static_cast<size_t>(got));
+    if (head_end == std::string::npos) {
+      head_end = buf.find("\r\n\r\n");
+      if (head_end == std::string::npos) continue;
+      raw_detail::ParseHead(buf, head_end, &r);
+      std::string cl = raw_detail::HeadField(r.head, "content-length");
+      if (!r.chunked && !cl.empty()) content_length = std::atoll(cl.c_str());
+      buf.erase(0, head_end + 4);
+    }
+    if (r.chunked) {
+      if (!raw_detail::DecodeChunks(buf, &pos, &r)) {
+        r.error = "bad chunked framing";
+        break;
+      }
+      // Keep the undecoded tail small so a large body is not copied over and over.
+      if (pos > (size_t{1} << 20)) {
+        buf.erase(0, pos);
+        pos = 0;
+      }
+    } else {
+      r.body += buf;
+      buf.clear();
+      if (content_length >= 0 && r.body.size() >= static_cast<size_t>(content_length)) {
+        r.complete = r.body.size() == static_cast<size_t>(content_length);
+      }
+    }
+  }
+  ::close(fd);
+  return r;
+}
 
 // Threads of keep-alive clients sending GET `target` until Stop(); counts every answer.
 class Load {

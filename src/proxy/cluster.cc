@@ -34,7 +34,8 @@ bool IdleConnectionDead(Socket& s) {
 
 }  // namespace
 
-Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, Executor ex, uint64_t seed)
+Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, const Executor& ex,
+                 uint64_t seed)
     : opts_(opts),
       m_(metrics),
       ex_(ex),

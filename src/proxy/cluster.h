@@ -40,7 +40,7 @@ class Cluster {
   // Instances already tried by one request (a handful at most: max_attempts <= 10).
   using Tried = std::vector<std::string>;
 
-  Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, Executor ex, uint64_t seed);
+  Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, const Executor& ex, uint64_t seed);
   ~Cluster();
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;

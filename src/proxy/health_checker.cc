@@ -33,7 +33,7 @@ void HealthChecker::Tick() {
     if (t.probing) continue;
     t.probing = true;
     net::ProbeHttp(io_, "GET", t.url, {}, false, opts_.timeout_ms,
-                   [this, i](net::ProbeResult r) { OnResult(i, r); });
+                   [this, i](const net::ProbeResult& r) { OnResult(i, r); });
   }
   timer_ = io_.RunAfter(opts_.interval_ms, [this] { Tick(); });
 }

@@ -1,7 +1,7 @@
 #include "proxy/proxy.h"
 
 #include <pthread.h>
-#include <signal.h>
+#include <csignal>
 
 #include <algorithm>
 #include <chrono>
@@ -98,7 +98,7 @@ void ProxyServer::Impl::StartDiscovery() {
     DiscoveryOptions d{co.registry, co.service, opts.watch_wait_ms, 1000};
     auto delivered = std::make_shared<bool>(false);
     discovery.push_back(
-        std::make_unique<Discovery>(d, [this, c, first, delivered](EndpointSnapshot snap) {
+        std::make_unique<Discovery>(d, [this, c, first, delivered](const EndpointSnapshot& snap) {
           for (auto& w : workers) w->PostEndpoints(c, snap);
           std::lock_guard lock(first->mu);
           if (!*delivered) {
@@ -198,7 +198,7 @@ Status ProxyServer::Impl::StartAdmin() {
   ho.max_connections = 64;
   admin = std::make_unique<net::HttpServer>(
       *admin_io, ho,
-      [this](net::HttpRequest req, net::Responder r) { HandleAdmin(req, std::move(r)); });
+      [this](const net::HttpRequest& req, net::Responder r) { HandleAdmin(req, std::move(r)); });
   if (Status s = admin->Start(); !s.ok()) return s;
   admin_io->Start();
   return Status::Ok();

@@ -2,6 +2,7 @@
 // worker (lock-free updates), and its per-instance upstream latency histograms.
 #pragma once
 
+#include <array>
 #include <string>
 
 #include "base/metrics.h"
@@ -17,7 +18,7 @@ struct ClusterMetrics {
   metrics::Histogram* InstanceLatency(const std::string& instance_id) const;
 
   std::string name;
-  metrics::Counter* by_class[6] = {};  // index = status / 100 (0 unused)
+  std::array<metrics::Counter*, 6> by_class{};  // index = status / 100 (0 unused)
   metrics::Counter* retries;
   metrics::Counter* failovers;
   metrics::Counter* ejections;

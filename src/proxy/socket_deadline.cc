@@ -39,7 +39,10 @@ SocketDeadline::SocketDeadline(Socket& socket) : state_(std::make_shared<State>(
 SocketDeadline::~SocketDeadline() {
   state_->socket = nullptr;
   ++state_->generation;
-  state_->timer.cancel();
+  try {
+    state_->timer.cancel();
+  } catch (const boost::system::system_error&) {  // cannot fail for a timer; never throw here
+  }
 }
 
 void SocketDeadline::ExpireAt(SteadyTime t) {

@@ -14,7 +14,7 @@
 namespace haven::proxy {
 
 struct UpstreamConn {
-  UpstreamConn(Executor ex, std::function<void()> on_close)
+  UpstreamConn(const Executor& ex, std::function<void()> on_close)
       : socket(ex), deadline(socket), on_close_(std::move(on_close)) {}
   ~UpstreamConn() {
     if (on_close_) on_close_();

@@ -51,7 +51,8 @@ Worker::Worker(int index, const ProxyOptions& opts,
     : opts_(opts), ctx_(opts, index, ioc_->get_executor()) {
   for (size_t i = 0; i < opts.clusters.size(); ++i) {
     clusters_.push_back(std::make_unique<Cluster>(opts.clusters[i], *metrics[i],
-                                                  ioc_->get_executor(), index * 7919 + i));
+                                                  ioc_->get_executor(),
+                                                  static_cast<uint64_t>(index) * 7919 + i));
   }
   for (const ListenerOptions& lo : opts.listeners) {
     auto l = std::make_unique<ListenerRuntime>();

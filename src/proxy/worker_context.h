@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <boost/intrusive/list.hpp>
@@ -34,7 +35,7 @@ struct IdleClient
 using IdleClients = boost::intrusive::list<IdleClient, boost::intrusive::constant_time_size<false>>;
 
 struct WorkerContext {
-  WorkerContext(const ProxyOptions& o, int i, Executor e) : opts(o), index(i), ex(e) {}
+  WorkerContext(const ProxyOptions& o, int i, Executor e) : opts(o), index(i), ex(std::move(e)) {}
   const ProxyOptions& opts;
   int index;
   Executor ex;

@@ -154,13 +154,12 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
       done(s);
       return;
     }
-    auto it = results_.find(index);
-    if (it == results_.end()) {
+    if (index != last_result_index_) {
       done(Status::Internal("no apply result for index " + std::to_string(index)));
       return;
     }
-    registry::ApplyResult r = std::move(it->second);
-    results_.erase(it);
+    registry::ApplyResult r = std::move(last_result_);
+    last_result_index_ = 0;
     if (!r.status.ok()) {
       done(r.status);
       return;
@@ -188,7 +187,8 @@ void RegistryNode::Apply(uint64_t index, const std::string& data, bool replay) {
     TransitionCounter(cmd.set_check_status().status()).Inc();
   }
   AfterApply(r);
-  results_[index] = std::move(r);
+  last_result_index_ = index;
+  last_result_ = std::move(r);
 }
 
 void RegistryNode::AfterApply(const registry::ApplyResult& r) {

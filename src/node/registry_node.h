@@ -83,7 +83,11 @@ class RegistryNode {
   registry::HealthTracker tracker_;
   WatchHub watches_;
   std::unique_ptr<LocalLog> log_;
-  std::map<uint64_t, registry::ApplyResult> results_;  // applied, awaiting their proposer's done
+  // The outcome of the entry applied last. The log calls a proposal's DoneFn right after applying
+  // its entry (ReplicatedLog's contract), so one slot serves every proposal, and entries nobody
+  // here awaits (replay, other nodes' proposals) leave nothing behind.
+  uint64_t last_result_index_ = 0;
+  registry::ApplyResult last_result_;
   uint64_t last_snapshot_index_ = 0;
   std::shared_ptr<net::Timer> health_timer_;
   MonoMs health_timer_at_ = 0;

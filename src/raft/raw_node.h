@@ -49,6 +49,9 @@ struct InitialState {
   std::optional<pb::SnapshotMeta> snapshot;  // the log is compacted up to snapshot->index
   std::vector<pb::Entry> entries;            // the log after the snapshot, contiguous
   uint64_t applied = 0;                      // the state machine has applied up to here
+  // The snapshot's data, if the shell has it at hand: a restarted leader can then send it to
+  // followers behind its log (otherwise only after the shell's next Compact).
+  std::optional<std::string> snapshot_data;
 };
 
 // A linearizable read is safe at `index` once the state machine applied it.

@@ -25,7 +25,8 @@ int Main(int argc, char** argv) {
 
   haven::node::ServerOptions server_opts;
   std::string tombstone_ttl = "15m";
-  auto* server = app.add_subcommand("server", "Run a haven node (single node, durable)");
+  auto* server = app.add_subcommand(
+      "server", "Run a haven node (durable; a Raft cluster of one, or of --peers)");
   server->add_option("--data-dir", server_opts.data_dir, "Data directory")->capture_default_str();
   server->add_option("--http", server_opts.http, "HTTP API address HOST:PORT (port 0: ephemeral)")
       ->capture_default_str();
@@ -41,6 +42,14 @@ int Main(int argc, char** argv) {
                    "Log entries between two snapshots")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{100}, uint64_t{100'000'000}));
+  server->add_option("--node-id", server_opts.raft_node_id, "Raft member id (1, 2, ...)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 62));
+  server->add_option("--raft", server_opts.raft, "Raft address HOST:PORT of this node")
+      ->capture_default_str();
+  server->add_option("--peers", server_opts.peers,
+                     "Initial voters ID=HOST:PORT,... including this node (default: a cluster of "
+                     "one)");
   server
       ->add_option("--max-connections", server_opts.max_connections,
                    "Open HTTP connections at most")

@@ -15,7 +15,6 @@ using registry::HealthAction;
 
 namespace {
 
-constexpr uint64_t kReplayChunkBytes = 64 << 20;
 constexpr const char* kSerfHealth = "serfHealth";
 
 metrics::Counter& TransitionCounter(const std::string& status) {
@@ -40,8 +39,11 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
       store_(store),
       clock_(clock),
       watches_(executor) {
-  log_ = std::make_unique<LocalLog>(
-      store_, executor_, [this](uint64_t index, const std::string& d) { OnCommit(index, d); });
+  RaftLogCallbacks cb;
+  cb.on_commit = [this](uint64_t index, const std::string& d) { Apply(index, d); };
+  cb.on_restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
+  cb.on_leadership = [this](bool leader) { OnLeadership(leader); };
+  log_ = std::make_unique<RaftLog>(store_, executor_, std::move(cb), opts_.raft);
   auto& reg = metrics::Registry::Default();
   reg.SetCallbackGauge("haven_catalog_nodes", "Nodes in the catalog", {},
                        [this] { return static_cast<double>(sm_.NodeCount()); });
@@ -59,38 +61,20 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
 
 RegistryNode::~RegistryNode() = default;
 
-Status RegistryNode::Recover() {
-  if (auto snap = store_.LoadSnapshot()) {
-    pb::Snapshot state;
-    if (!state.ParseFromString(snap->data)) {
-      return Status::IoError("snapshot at index " + std::to_string(snap->index) + " is corrupt");
-    }
-    sm_.Restore(state);
-    last_snapshot_index_ = snap->index;
-  }
-  uint64_t next = std::max(sm_.last_applied() + 1, store_.FirstIndex());
-  uint64_t last = store_.LastIndex();
-  while (next <= last) {
-    auto entries = store_.Entries(next, last + 1, kReplayChunkBytes);
-    if (!entries.ok()) return entries.status();
-    for (const auto& e : *entries) Apply(e.index, e.data, /*replay=*/true);
-    next = entries->back().index + 1;
-  }
-  HLOG_INFO("recovered", "snapshot_index={} applied_index={} services={} checks={} kv={}",
-            last_snapshot_index_, sm_.last_applied(), sm_.ServiceCount(), sm_.CheckCount(),
-            sm_.KVCount());
-  return Status::Ok();
-}
-
-void RegistryNode::Start() {
-  log_->Start();
+Status RegistryNode::Start() {
+  if (Status s = log_->Start(); !s.ok()) return s;
+  // Behind the re-applied log on the executor.
   executor_.Post([this] {
+    HLOG_INFO("recovered", "snapshot_index={} applied_index={} services={} checks={} kv={}",
+              last_snapshot_index_, sm_.last_applied(), sm_.ServiceCount(), sm_.CheckCount(),
+              sm_.KVCount());
     TrackEverything();
     RegisterSelf();
     ArmHealthTimer();
     reap_up_to_ = sm_.last_applied();
     ArmTombstoneReaper();
   });
+  return Status::Ok();
 }
 
 void RegistryNode::Stop() {
@@ -168,11 +152,7 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
   });
 }
 
-void RegistryNode::OnCommit(uint64_t index, const std::string& data) {
-  Apply(index, data, /*replay=*/false);
-}
-
-void RegistryNode::Apply(uint64_t index, const std::string& data, bool replay) {
+void RegistryNode::Apply(uint64_t index, const std::string& data) {
   pb::Command cmd;
   registry::ApplyResult r;
   if (!cmd.ParseFromString(data)) {
@@ -182,7 +162,6 @@ void RegistryNode::Apply(uint64_t index, const std::string& data, bool replay) {
   } else {
     r = sm_.Apply(index, cmd);
   }
-  if (replay) return;
   if (cmd.has_set_check_status() && r.status.ok() && !r.checks_changed.empty()) {
     TransitionCounter(cmd.set_check_status().status()).Inc();
   }
@@ -204,12 +183,35 @@ void RegistryNode::AfterApply(const registry::ApplyResult& r) {
 
 void RegistryNode::MaybeSnapshot() {
   if (sm_.last_applied() < last_snapshot_index_ + opts_.snapshot_every_entries) return;
-  storage::Snapshot snap;
-  snap.index = sm_.last_applied();
-  snap.term = 1;
-  snap.data = sm_.TakeSnapshot().SerializeAsString();
-  last_snapshot_index_ = snap.index;
-  log_->SaveSnapshotAsync(std::move(snap));
+  last_snapshot_index_ = sm_.last_applied();
+  log_->SaveSnapshotAsync(last_snapshot_index_, sm_.TakeSnapshot().SerializeAsString());
+}
+
+void RegistryNode::Restore(uint64_t index, const std::string& state) {
+  pb::Snapshot snap;
+  if (!snap.ParseFromString(state)) {
+    HLOG_ERROR("bad_snapshot", "index={} bytes={}", index, state.size());
+    return;
+  }
+  sm_.Restore(snap);
+  last_snapshot_index_ = index;
+  last_result_index_ = 0;
+  TrackEverything();
+  watches_.OnTablesChanged({registry::Table::kNodes, registry::Table::kServices,
+                            registry::Table::kChecks, registry::Table::kKV,
+                            registry::Table::kSessions});
+  HLOG_INFO("snapshot_restored", "index={} services={} kv={}", index, sm_.ServiceCount(),
+            sm_.KVCount());
+}
+
+bool RegistryNode::IsLeader() const { return leader_; }
+
+void RegistryNode::OnLeadership(bool leader) {
+  leader_ = leader;
+  // A new leader cannot know when the last heartbeats arrived: every TTL gets a full period of
+  // grace from now (DESIGN.md: Health), and health actions the old role dropped are decided anew.
+  if (leader) TrackEverything();
+  ArmHealthTimer();
 }
 
 void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& status,
@@ -318,6 +320,7 @@ void RegistryNode::OnProbeResult(const CheckKey& key, const std::string& status,
 }
 
 void RegistryNode::ProposeHealthAction(const HealthAction& a) {
+  if (!IsLeader()) return;
   pb::Command cmd;
   switch (a.kind) {
     case HealthAction::Kind::kSetStatus: {

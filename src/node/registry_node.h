@@ -10,7 +10,7 @@
 
 #include "base/clock.h"
 #include "net/io_runtime.h"
-#include "node/local_log.h"
+#include "node/raft_log.h"
 #include "node/watch_hub.h"
 #include "registry/health_tracker.h"
 #include "registry/state_machine.h"
@@ -26,6 +26,7 @@ struct RegistryNodeOptions {
   int64_t probe_timeout_ceiling_ms = 60'000;
   // Tombstones of deleted keys (for blocking queries) are reaped after this long (1 to 2 periods).
   int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
+  RaftLogOptions raft;  // the registry's Raft group (a cluster of one by default)
 };
 
 class RegistryNode {
@@ -36,10 +37,10 @@ class RegistryNode {
                const Clock& clock);
   ~RegistryNode();
 
-  // Restores the state from the latest snapshot and replays the log after it. Before Start().
-  Status Recover();
-  // Starts the log writer, registers this node (with its serfHealth check) and arms health timers.
-  void Start();
+  // Starts the Raft log (which restores the latest snapshot and re-applies the committed log after
+  // it), registers this node (with its serfHealth check) and arms health timers. The executor
+  // must be running.
+  Status Start();
   // Answers parked queries, stops timers and the log writer. Call from outside the executor.
   void Stop();
 
@@ -60,8 +61,13 @@ class RegistryNode {
   int64_t NowUnixMs() const { return clock_.NowUnixMs(); }
 
  private:
-  void OnCommit(uint64_t index, const std::string& data);
-  void Apply(uint64_t index, const std::string& data, bool replay);
+  // A snapshot from the log (at start, or sent by the leader): replaces the whole state.
+  void Restore(uint64_t index, const std::string& state);
+  // Health actions (TTL expiry, probe results) are written by the leader only: every node tracks,
+  // one decides.
+  bool IsLeader() const;
+  void OnLeadership(bool leader);
+  void Apply(uint64_t index, const std::string& data);
   void AfterApply(const registry::ApplyResult& r);
   void MaybeSnapshot();
   void TrackEverything();
@@ -82,7 +88,8 @@ class RegistryNode {
   registry::StateMachine sm_;
   registry::HealthTracker tracker_;
   WatchHub watches_;
-  std::unique_ptr<LocalLog> log_;
+  std::unique_ptr<RaftLog> log_;
+  bool leader_ = false;  // as the log last said (on the executor)
   // The outcome of the entry applied last. The log calls a proposal's DoneFn right after applying
   // its entry (ReplicatedLog's contract), so one slot serves every proposal, and entries nobody
   // here awaits (replay, other nodes' proposals) leave nothing behind.

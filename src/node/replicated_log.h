@@ -1,6 +1,5 @@
 // ReplicatedLog: where the node proposes commands. A write is acknowledged only once its entry is
-// durable on a quorum and applied. Single node: LocalLog (a Raft cluster of one); the Raft issue
-// puts a Raft group behind the same interface without touching the state machine.
+// durable on a quorum and applied. RaftLog implements it (a single server is a cluster of one).
 #pragma once
 
 #include <cstdint>

@@ -68,6 +68,36 @@ Result<std::string> LoadOrCreateNodeId(const std::string& data_dir) {
 
 }  // namespace
 
+Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text) {
+  std::map<uint64_t, std::string> out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? text.size() : comma + 1;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      return Status::InvalidArgument("--peers: expected ID=HOST:PORT, got \"" + item + "\"");
+    }
+    char* end = nullptr;
+    std::string id_text = item.substr(0, eq);
+    unsigned long long id = std::strtoull(id_text.c_str(), &end, 10);
+    if (id_text.empty() || *end != '\0' || id == 0) {
+      return Status::InvalidArgument("--peers: bad id \"" + id_text + "\" (ids are 1, 2, ...)");
+    }
+    std::string addr = item.substr(eq + 1);
+    if (auto hp = ParseHostPort(addr); !hp.ok() || hp->port == 0) {
+      return Status::InvalidArgument("--peers: bad address \"" + addr + "\" for " + id_text);
+    }
+    if (!out.emplace(id, addr).second) {
+      return Status::InvalidArgument("--peers: id " + id_text + " given twice");
+    }
+    if (out.size() > 7) return Status::InvalidArgument("--peers: at most 7 voters");
+  }
+  return out;
+}
+
 int RunServer(const ServerOptions& opts) {
   auto http = ParseHostPort(opts.http);
   if (!http.ok()) {
@@ -110,11 +140,21 @@ int RunServer(const ServerOptions& opts) {
       opts.advertise_address.empty() ? http->host : opts.advertise_address;
   node_opts.snapshot_every_entries = opts.snapshot_every_entries;
   node_opts.tombstone_ttl_ms = opts.tombstone_ttl_ms;
-  RegistryNode node(node_opts, io, **store, clock);
-  if (Status s = node.Recover(); !s.ok()) {
-    HLOG_ERROR("recover_failed", "dir={} error=\"{}\"", opts.data_dir, s.ToString());
-    return 1;
+  node_opts.raft.node_id = opts.raft_node_id;
+  node_opts.raft.listen = opts.raft;
+  if (opts.peers.empty()) {
+    node_opts.raft.peers = {{opts.raft_node_id, opts.raft}};
+  } else {
+    auto peers = ParsePeers(opts.peers);
+    if (!peers.ok() || !peers->count(opts.raft_node_id)) {
+      HLOG_ERROR(
+          "bad_flag", "flag=--peers error=\"{}\"",
+          peers.ok() ? "--peers must include this node's --node-id" : peers.status().message());
+      return 2;
+    }
+    node_opts.raft.peers = *peers;
   }
+  RegistryNode node(node_opts, io, **store, clock);
 
   net::HttpServerOptions http_opts;
   http_opts.host = http->host;
@@ -134,9 +174,14 @@ int RunServer(const ServerOptions& opts) {
   api_opts.http_address = server.address();
   api = std::make_unique<ConsulApi>(node, api_opts);
   io.Start();
-  node.Start();
-  HLOG_INFO("listening", "http={} node={} data_dir={}", server.address(), node_opts.node_name,
-            opts.data_dir);
+  if (Status s = node.Start(); !s.ok()) {
+    HLOG_ERROR("start_failed", "dir={} error=\"{}\"", opts.data_dir, s.ToString());
+    server.Stop();
+    io.Stop();
+    return 1;
+  }
+  HLOG_INFO("listening", "http={} node={} raft_id={} data_dir={}", server.address(),
+            node_opts.node_name, opts.raft_node_id, opts.data_dir);
 
   int sig = 0;
   sigwait(&shutdown_signals, &sig);

@@ -2,7 +2,11 @@
 // signal.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <string>
+
+#include "base/status.h"
 
 namespace haven::node {
 
@@ -14,7 +18,15 @@ struct ServerOptions {
   uint64_t snapshot_every_entries = 20'000;
   int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
   size_t max_connections = 10'000;
+  // Raft: this member's id (never reused for another member), its raft address, and the initial
+  // voters "ID=HOST:PORT,..." (this node included). Without --peers the node is a cluster of one.
+  uint64_t raft_node_id = 1;
+  std::string raft = "127.0.0.1:0";
+  std::string peers;
 };
+
+// Parses --peers ("1=127.0.0.1:8301,2=127.0.0.1:8302"): ids >= 1, unique, each with HOST:PORT.
+Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text);
 
 // Runs a single-node server until SIGINT/SIGTERM; returns the process exit code.
 int RunServer(const ServerOptions& opts);

@@ -48,7 +48,9 @@ class LogStore {
       uint64_t index) const = 0;  // the snapshot's term for snapshot.index
   // Removes entries >= from (a Raft follower's conflict resolution). Synced.
   virtual Status TruncateSuffix(uint64_t from) = 0;
-  virtual Status SaveHardState(const HardState& hs) = 0;  // synced
+  // Synced, and the sync covers every entry appended before it (one write-ahead log): Raft writes
+  // a Ready's entries unsynced, then its hard state, for one fsync in all.
+  virtual Status SaveHardState(const HardState& hs) = 0;
   virtual HardState LoadHardState() const = 0;
   // Stores a snapshot at (index, term) and deletes the log entries <= index (entries after it stay;
   // if index > LastIndex() the log becomes empty and LastIndex() == index). Synced.

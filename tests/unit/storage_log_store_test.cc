@@ -265,6 +265,16 @@ TEST(MemLogStoreTest, CrashLosesUnsyncedAppendsOnly) {
   EXPECT_EQ(*store.Term(4), 2u);
 }
 
+TEST(MemLogStoreTest, SavingTheHardStateSyncsTheEntriesBeforeIt) {
+  MemLogStore store;
+  ASSERT_TRUE(store.Append(MakeEntries(1, 3, 1), false).ok());
+  ASSERT_TRUE(store.SaveHardState({1, 1, 3}).ok());  // one fsync for the entries and the state
+  EXPECT_EQ(store.sync_count(), 1u);
+  store.Crash();
+  EXPECT_EQ(store.LastIndex(), 3u);
+  EXPECT_EQ(store.LoadHardState().commit, 3u);
+}
+
 TEST(MemLogStoreTest, SyncCountIsOnePerSyncedCall) {
   MemLogStore store;
   ASSERT_TRUE(store.Append(MakeEntries(1, 100, 1), true).ok());

@@ -1,0 +1,376 @@
+#include "node/raft_log.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <mutex>
+#include <vector>
+
+#include "base/log.h"
+#include "net/framed_transport.h"
+#include "node/node.pb.h"
+#include "node/raft_storage.h"
+
+namespace haven::node {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The membership as of each conf change, so a snapshot at any applied index gets the right one.
+class ConfHistory {
+ public:
+  void Reset(uint64_t index, raft::pb::ConfState conf) {
+    changes_.clear();
+    changes_.emplace_back(index, std::move(conf));
+  }
+  void Apply(uint64_t index, const raft::pb::ConfChange& cc) {
+    raft::pb::ConfState next = changes_.back().second;
+    auto erase = [](auto* list, uint64_t id) {
+      list->erase(std::remove(list->begin(), list->end(), id), list->end());
+    };
+    erase(next.mutable_voters(), cc.node_id());
+    erase(next.mutable_learners(), cc.node_id());
+    if (cc.type() == raft::pb::CONF_ADD_VOTER) next.add_voters(cc.node_id());
+    if (cc.type() == raft::pb::CONF_ADD_LEARNER) next.add_learners(cc.node_id());
+    changes_.emplace_back(index, std::move(next));
+  }
+  // The conf in force at `index`; changes before it are forgotten (they cannot be asked again).
+  raft::pb::ConfState At(uint64_t index) {
+    auto it = std::upper_bound(changes_.begin(), changes_.end(), index,
+                               [](uint64_t i, const auto& c) { return i < c.first; });
+    if (it != changes_.begin()) --it;
+    raft::pb::ConfState conf = it->second;
+    changes_.erase(changes_.begin(), it);
+    return conf;
+  }
+
+ private:
+  std::vector<std::pair<uint64_t, raft::pb::ConfState>> changes_;  // by index
+};
+
+}  // namespace
+
+struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
+  Impl(storage::LogStore& s, net::IoRuntime& e, RaftLogCallbacks c, RaftLogOptions o)
+      : store(s), executor(e), cb(std::move(c)), opts(std::move(o)) {}
+
+  storage::LogStore& store;
+  net::IoRuntime& executor;
+  RaftLogCallbacks cb;
+  RaftLogOptions opts;
+
+  // --- the raft thread's state (touched only on `loop`) ---
+  net::IoRuntime loop{1};
+  std::unique_ptr<net::FramedTransport> transport;
+  std::unique_ptr<raft::RawNode> node;
+  std::map<uint64_t, std::string> peers;
+  ConfHistory confs;
+  std::vector<pb::Proposal> waiting_for_leader;  // proposals made while no leader was known
+  std::shared_ptr<net::Timer> tick_timer;
+  bool ready_scheduled = false;
+  bool failed = false;  // a disk write failed: nothing more is persisted or acknowledged
+  bool is_leader = false;
+
+  // --- the executor's state ---
+  struct Pending {
+    DoneFn done;
+    Clock::time_point deadline;
+  };
+  std::map<uint64_t, Pending> pending;  // by seq (so by deadline too)
+
+  std::atomic<uint64_t> next_seq{1};
+  std::atomic<bool> stopped{false};
+  mutable std::mutex status_mu;
+  RaftLogStatus status_cache;
+
+  // ---------------------------------------------------------------------------------------------
+
+  void Send(const raft::pb::Message& m) {
+    auto it = peers.find(m.to());
+    if (it == peers.end()) return;  // an unknown member: raft retries once it is known
+    pb::PeerFrame f;
+    f.set_raft_message(m.SerializeAsString());
+    transport->Send(it->second, f.SerializeAsString());
+  }
+
+  void ScheduleReady() {
+    if (ready_scheduled) return;
+    ready_scheduled = true;
+    loop.Post([this] { ProcessReady(); });
+  }
+
+  void OnFrame(const std::string& bytes) {
+    pb::PeerFrame f;
+    if (!f.ParseFromString(bytes)) return;
+    if (f.has_forward()) {
+      ProposeHere(f.forward());
+    } else if (f.kind_case() == pb::PeerFrame::kRaftMessage) {
+      raft::pb::Message m;
+      if (!m.ParseFromString(f.raft_message())) return;
+      node->Step(m);
+    }
+    ScheduleReady();
+  }
+
+  // Appends on the leader, forwards to a known leader, or waits for one (until the next ticks).
+  void ProposeHere(const pb::Proposal& p) {
+    if (failed) return;  // the proposer times out
+    auto r = node->Propose(p.SerializeAsString());
+    if (r.ok()) {
+      ScheduleReady();
+      return;
+    }
+    uint64_t leader = node->status().leader;
+    if (leader != 0 && leader != opts.node_id && peers.count(leader)) {
+      pb::PeerFrame f;
+      *f.mutable_forward() = p;
+      transport->Send(peers[leader], f.SerializeAsString());
+      return;
+    }
+    if (waiting_for_leader.size() < opts.max_pending_proposals) waiting_for_leader.push_back(p);
+  }
+
+  void OnTick() {
+    node->Tick();
+    if (!waiting_for_leader.empty() && node->status().leader != 0) {
+      std::vector<pb::Proposal> retry;
+      retry.swap(waiting_for_leader);
+      for (const auto& p : retry) ProposeHere(p);
+    }
+    ScheduleReady();
+    executor.Post([self = shared_from_this()] { self->ExpireProposals(); });
+    tick_timer = loop.RunAfter(opts.tick_ms, [this] { OnTick(); });
+  }
+
+  // Step 1-4 of the Ready contract, for every Ready the node has.
+  void ProcessReady() {
+    ready_scheduled = false;
+    while (!failed && node->HasReady()) {
+      raft::Ready rd = node->GetReady();
+      for (const auto& m : rd.messages_before_persist) Send(m);
+      if (Status s = PersistReady(store, rd); !s.ok()) {
+        failed = true;
+        HLOG_ERROR("raft_persist_failed", "error=\"{}\"", s.ToString());
+        break;
+      }
+      for (const auto& m : rd.messages) Send(m);
+      if (rd.soft_state) NoteRole(rd.soft_state->role == raft::Role::kLeader);
+      if (rd.snapshot) InstallSnapshot(*rd.snapshot);
+      TrackConfChanges(rd.committed);
+      if (!rd.committed.empty()) {
+        executor.Post([self = shared_from_this(), entries = std::move(rd.committed)] {
+          self->Apply(entries);
+        });
+        rd.committed.clear();
+      }
+      node->Advance(rd);
+    }
+    UpdateStatus();
+  }
+
+  void NoteRole(bool leader) {
+    if (leader == is_leader) return;
+    is_leader = leader;
+    HLOG_INFO("raft_role", "node={} leader={} term={}", opts.node_id, leader, node->status().term);
+    if (cb.on_leadership) {
+      executor.Post([self = shared_from_this(), leader] { self->cb.on_leadership(leader); });
+    }
+  }
+
+  void InstallSnapshot(const raft::pb::Snapshot& snap) {
+    pb::SnapshotData data;
+    data.ParseFromString(snap.data());
+    for (const auto& [id, addr] : data.peers()) peers[id] = addr;
+    confs.Reset(snap.meta().index(), snap.meta().conf());
+    executor.Post([self = shared_from_this(), index = snap.meta().index(), state = data.state()] {
+      self->cb.on_restore(index, state);
+    });
+  }
+
+  void TrackConfChanges(const std::vector<raft::pb::Entry>& committed) {
+    for (const auto& e : committed) {
+      if (e.type() != raft::pb::ENTRY_CONF_CHANGE) continue;
+      raft::pb::ConfChange cc;
+      if (!cc.ParseFromString(e.data())) continue;
+      confs.Apply(e.index(), cc);
+      if (cc.type() == raft::pb::CONF_REMOVE) {
+        if (cc.node_id() != opts.node_id) peers.erase(cc.node_id());
+      } else if (!cc.context().empty()) {
+        peers[cc.node_id()] = cc.context();
+      }
+      HLOG_INFO("raft_conf_change", "index={} type={} node={} address={}", e.index(),
+                raft::pb::ConfChangeType_Name(cc.type()), cc.node_id(), cc.context());
+    }
+  }
+
+  // On the executor: hands commands to the state machine and answers their proposers.
+  void Apply(const std::vector<raft::pb::Entry>& entries) {
+    for (const auto& e : entries) {
+      if (e.type() != raft::pb::ENTRY_NORMAL) continue;
+      pb::Proposal p;
+      if (!p.ParseFromString(e.data())) {
+        HLOG_ERROR("bad_log_entry", "index={} bytes={}", e.index(), e.data().size());
+        continue;
+      }
+      cb.on_commit(e.index(), p.data());
+      if (p.origin() != opts.node_id) continue;
+      auto it = pending.find(p.seq());
+      if (it == pending.end()) continue;  // timed out already
+      DoneFn done = std::move(it->second.done);
+      pending.erase(it);
+      done(Status::Ok(), e.index());
+    }
+  }
+
+  // On the executor: fails proposals past their deadline (their outcome is unknown).
+  void ExpireProposals() {
+    auto now = Clock::now();
+    while (!pending.empty() && pending.begin()->second.deadline <= now) {
+      DoneFn done = std::move(pending.begin()->second.done);
+      pending.erase(pending.begin());
+      done(Status::Unavailable("not committed within " + std::to_string(opts.proposal_timeout_ms) +
+                               " ms (no leader?); the write may or may not have been applied"),
+           0);
+    }
+  }
+
+  void UpdateStatus() {
+    std::lock_guard lock(status_mu);
+    status_cache.node = node->status();
+    status_cache.peers = peers;
+  }
+};
+
+RaftLog::RaftLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogCallbacks callbacks,
+                 RaftLogOptions opts)
+    : impl_(std::make_shared<Impl>(store, executor, std::move(callbacks), std::move(opts))) {}
+
+RaftLog::~RaftLog() { Stop(); }
+
+Status RaftLog::Start() {
+  Impl& im = *impl_;
+  raft::pb::ConfState bootstrap;
+  for (const auto& [id, addr] : im.opts.peers) bootstrap.add_voters(id);
+  auto loaded = LoadRaftState(im.store, bootstrap);
+  if (!loaded.ok()) return loaded.status();
+  im.peers = im.opts.peers;
+  uint64_t snap_index = loaded->initial.snapshot ? loaded->initial.snapshot->index() : 0;
+  im.confs.Reset(snap_index, loaded->initial.conf);
+  if (loaded->data) {
+    pb::SnapshotData data;
+    if (!data.ParseFromString(*loaded->data)) return Status::IoError("snapshot data is corrupt");
+    for (const auto& [id, addr] : data.peers()) im.peers.emplace(id, addr);
+    std::promise<void> restored;
+    im.executor.Post([&] {
+      im.cb.on_restore(snap_index, data.state());
+      restored.set_value();
+    });
+    restored.get_future().wait();
+  }
+  raft::Config cfg;
+  cfg.id = im.opts.node_id;
+  cfg.group = im.opts.group;
+  cfg.election_tick = im.opts.election_ticks;
+  cfg.heartbeat_tick = im.opts.heartbeat_ticks;
+  cfg.seed = im.opts.node_id * 0x9e3779b97f4a7c15ULL;
+  auto node = raft::RawNode::Create(cfg, loaded->initial);
+  if (!node.ok()) return node.status();
+  im.node = std::move(node.value());
+  net::FramedTransportOptions to;
+  to.listen = im.opts.listen;
+  im.transport = std::make_unique<net::FramedTransport>(to, [impl = impl_.get()](std::string f) {
+    impl->loop.Post([impl, f = std::move(f)] { impl->OnFrame(f); });
+  });
+  if (Status s = im.transport->Start(); !s.ok()) return s;
+  im.loop.Start();
+  std::promise<void> started;
+  im.loop.Post([&] {
+    // A cluster of one elects itself at once (also on restart: its conf comes from the log).
+    const raft::NodeStatus st = im.node->status();
+    if (st.conf.voters_size() == 1 && st.conf.voters(0) == im.opts.node_id) im.node->Campaign();
+    im.ProcessReady();
+    im.tick_timer = im.loop.RunAfter(im.opts.tick_ms, [&im] { im.OnTick(); });
+    started.set_value();
+  });
+  started.get_future().wait();
+  HLOG_INFO("raft_started", "node={} group={} raft={} peers={} first_index={} last_index={}",
+            im.opts.node_id, im.opts.group, raft_address(), im.peers.size(), im.store.FirstIndex(),
+            im.store.LastIndex());
+  return Status::Ok();
+}
+
+void RaftLog::Stop() {
+  Impl& im = *impl_;
+  if (im.stopped.exchange(true)) return;
+  im.loop.Stop();
+  if (im.transport) im.transport->Stop();
+  im.executor.Post([impl = impl_] {
+    for (auto& [seq, p] : impl->pending) p.done(Status::Unavailable("server is shutting down"), 0);
+    impl->pending.clear();
+  });
+}
+
+void RaftLog::Propose(std::string data, DoneFn done) {
+  Impl& im = *impl_;
+  if (im.stopped) {
+    done(Status::Unavailable("server is shutting down"), 0);
+    return;
+  }
+  pb::Proposal p;
+  p.set_origin(im.opts.node_id);
+  p.set_seq(im.next_seq++);
+  p.set_data(std::move(data));
+  // Registered on the executor first, so its commit (also on the executor) always finds it.
+  im.executor.Post([impl = impl_, p = std::move(p), done = std::move(done)]() mutable {
+    if (impl->pending.size() >= impl->opts.max_pending_proposals) {
+      done(Status::Unavailable("too many proposals in flight"), 0);
+      return;
+    }
+    auto deadline = Clock::now() + std::chrono::milliseconds(impl->opts.proposal_timeout_ms);
+    impl->pending[p.seq()] = {std::move(done), deadline};
+    impl->loop.Post([impl, p = std::move(p)] { impl->ProposeHere(p); });
+  });
+}
+
+void RaftLog::SaveSnapshotAsync(uint64_t index, std::string state) {
+  impl_->loop.Post([impl = impl_.get(), index, state = std::move(state)]() mutable {
+    auto term = impl->store.Term(index);
+    if (!term.ok()) return;  // already compacted past it
+    raft::pb::Snapshot snap;
+    snap.mutable_meta()->set_index(index);
+    snap.mutable_meta()->set_term(*term);
+    *snap.mutable_meta()->mutable_conf() = impl->confs.At(index);
+    pb::SnapshotData data;
+    for (const auto& [id, addr] : impl->peers) (*data.mutable_peers())[id] = addr;
+    data.set_state(std::move(state));
+    snap.set_data(data.SerializeAsString());
+    if (Status s = impl->store.SaveSnapshot(MakeStoredSnapshot(snap)); !s.ok()) {
+      HLOG_ERROR("raft_snapshot_failed", "index={} error=\"{}\"", index, s.ToString());
+      return;
+    }
+    if (Status s = impl->node->Compact(std::move(snap)); !s.ok()) {
+      HLOG_WARN("raft_compact_failed", "index={} error=\"{}\"", index, s.ToString());
+    }
+  });
+}
+
+void RaftLog::TransferLeadership(uint64_t to) {
+  impl_->loop.Post([impl = impl_.get(), to] {
+    impl->node->TransferLeadership(to);
+    impl->ScheduleReady();
+  });
+}
+
+std::string RaftLog::raft_address() const {
+  return impl_->transport ? impl_->transport->address() : "";
+}
+
+RaftLogStatus RaftLog::status() const {
+  std::lock_guard lock(impl_->status_mu);
+  RaftLogStatus s = impl_->status_cache;
+  return s;
+}
+
+}  // namespace haven::node

@@ -1,0 +1,82 @@
+// RaftLog: the ReplicatedLog of one Raft group. A thread of its own drives a raft::RawNode (ticks,
+// messages from the transport, proposals), persists each Ready to the LogStore, sends messages
+// through the FramedTransport, and hands committed commands to the node's executor. Any node takes
+// proposals: a follower forwards them to the leader, and the proposer recognises its own entry
+// (origin, seq) when it commits, so the caller's DoneFn runs where the proposal was made.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "net/io_runtime.h"
+#include "node/replicated_log.h"
+#include "raft/raw_node.h"
+#include "storage/log_store.h"
+
+namespace haven::node {
+
+struct RaftLogOptions {
+  uint64_t node_id = 1;
+  uint64_t group = 1;
+  std::string listen = "127.0.0.1:0";     // this node's raft address (HOST:PORT, an IP)
+  std::map<uint64_t, std::string> peers;  // id -> raft address, this node included; at bootstrap
+                                          // these are the voters (empty: join an existing cluster)
+  int64_t tick_ms = 100;
+  int election_ticks = 10;  // election timeout = tick_ms * [election_ticks, 2 * election_ticks)
+  int heartbeat_ticks = 1;
+  int64_t proposal_timeout_ms = 5'000;  // a proposal not committed by then fails (outcome unknown)
+  size_t max_pending_proposals = 100'000;
+};
+
+struct RaftLogStatus {
+  raft::NodeStatus node;
+  std::map<uint64_t, std::string> peers;  // as known now
+  uint64_t pending_proposals = 0;
+};
+
+// What the log calls on the node's executor.
+struct RaftLogCallbacks {
+  ReplicatedLog::CommitFn on_commit;
+  // Installs a snapshot received from the leader (or loaded at start) in the state machine; runs
+  // before any later on_commit.
+  std::function<void(uint64_t index, const std::string& state)> on_restore;
+  // This node became the leader (true) or stopped being it (false). May be empty.
+  std::function<void(bool leader)> on_leadership;
+};
+
+class RaftLog final : public ReplicatedLog {
+ public:
+  RaftLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogCallbacks callbacks,
+          RaftLogOptions opts);
+  ~RaftLog() override;  // Stop()s
+  RaftLog(const RaftLog&) = delete;
+  RaftLog& operator=(const RaftLog&) = delete;
+
+  // Loads the durable state (restoring the snapshot through on_restore and re-applying the
+  // committed log through on_commit), binds the transport and starts the thread. A single-voter
+  // cluster elects itself at once.
+  Status Start();
+  // Fails pending proposals with Unavailable and stops the thread and the transport.
+  void Stop();
+
+  void Propose(std::string data, DoneFn done) override;
+  // The state machine took a snapshot at `index` (applied): it is stored and the log before it
+  // compacted; lagging followers receive it.
+  void SaveSnapshotAsync(uint64_t index, std::string state);
+  // Graceful leadership transfer (before a planned shutdown); no-op when not leader.
+  void TransferLeadership(uint64_t to);
+
+  std::string raft_address() const;
+  RaftLogStatus status() const;  // thread-safe snapshot of the node's state
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace haven::node

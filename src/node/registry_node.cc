@@ -57,6 +57,15 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
                        [this] { return static_cast<double>(sm_.TombstoneCount()); });
   reg.SetCallbackGauge("haven_raft_applied_index", "Index of the last applied log entry", {},
                        [this] { return static_cast<double>(sm_.last_applied()); });
+  reg.SetCallbackGauge("haven_raft_is_leader", "1 while this node is the Raft leader", {}, [this] {
+    return log_->status().node.role == raft::Role::kLeader ? 1.0 : 0.0;
+  });
+  reg.SetCallbackGauge("haven_raft_term", "Current Raft term", {},
+                       [this] { return static_cast<double>(log_->status().node.term); });
+  reg.SetCallbackGauge("haven_raft_commit_index", "Highest log index known committed", {},
+                       [this] { return static_cast<double>(log_->status().node.commit); });
+  reg.SetCallbackGauge("haven_raft_leader_id", "Raft id of the leader this node follows (0: none)",
+                       {}, [this] { return static_cast<double>(log_->status().node.leader); });
 }
 
 RegistryNode::~RegistryNode() = default;

@@ -633,12 +633,21 @@ void ConsulApi::SessionNode(const HttpRequest& req, const std::string& node, Res
 
 // ---------------------------------------------------------------- status, metrics
 
+// As Consul: the leader's server (Raft) address, "" while there is none.
 void ConsulApi::StatusLeader(const HttpRequest&, const std::string&, Responder& respond) {
-  respond(Json(json::value(opts_.http_address)));
+  RaftLogStatus st = node_.raft_status();
+  auto it = st.peers.find(st.node.leader);
+  respond(Json(json::value(it == st.peers.end() ? "" : it->second)));
 }
 
+// As Consul: the Raft addresses of the voters.
 void ConsulApi::StatusPeers(const HttpRequest&, const std::string&, Responder& respond) {
-  respond(Json(json::array{json::value(opts_.http_address)}));
+  RaftLogStatus st = node_.raft_status();
+  json::array peers;
+  for (uint64_t id : st.node.conf.voters()) {
+    if (auto it = st.peers.find(id); it != st.peers.end()) peers.emplace_back(it->second);
+  }
+  respond(Json(json::value(std::move(peers))));
 }
 
 void ConsulApi::Metrics(const HttpRequest&, const std::string&, Responder& respond) {

@@ -12,7 +12,6 @@
 namespace haven::node {
 
 struct ConsulApiOptions {
-  std::string http_address;                        // this node's HTTP address, for /v1/status/*
   size_t max_kv_value_bytes = size_t{512} * 1024;  // Consul's kv_max_value_size
   int64_t default_wait_ms = int64_t{5} * 60 * 1000;
   int64_t max_wait_ms = int64_t{10} * 60 * 1000;

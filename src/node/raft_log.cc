@@ -284,6 +284,11 @@ Status RaftLog::Start() {
     impl->loop.Post([impl, f = std::move(f)] { impl->OnFrame(f); });
   });
   if (Status s = im.transport->Start(); !s.ok()) return s;
+  // An ephemeral --raft port (a cluster of one) is known only now.
+  if (auto self = im.peers.find(im.opts.node_id);
+      self == im.peers.end() || self->second.ends_with(":0")) {
+    im.peers[im.opts.node_id] = im.transport->address();
+  }
   im.loop.Start();
   std::promise<void> started;
   im.loop.Post([&] {

@@ -55,6 +55,7 @@ class RegistryNode {
   Status RenewSession(const std::string& id);
 
   const registry::StateMachine& state() const { return sm_; }
+  RaftLogStatus raft_status() const { return log_->status(); }
   WatchHub& watches() { return watches_; }
   const std::string& node_name() const { return opts_.node_name; }
   const std::string& advertise_address() const { return opts_.advertise_address; }

@@ -171,7 +171,6 @@ int RunServer(const ServerOptions& opts) {
     return 1;
   }
   ConsulApiOptions api_opts;
-  api_opts.http_address = server.address();
   api = std::make_unique<ConsulApi>(node, api_opts);
   io.Start();
   if (Status s = node.Start(); !s.ok()) {

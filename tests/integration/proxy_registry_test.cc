@@ -61,10 +61,15 @@ TEST_F(ProxyRegistryTest, FollowsPassingInstances) {
   ASSERT_TRUE(WaitFor(
       [&] {
         std::string status = admin.Get("/status").body;
-        return !status.empty() && status.find("/web0\"") == std::string::npos;
+        return !status.empty() && status.find("\"id\":\"web0\"") == std::string::npos &&
+               status.find("\"id\":\"web1\"") != std::string::npos;
       },
       5000))
       << "every worker should drop web0";
+  // Requests already in flight to web0 finish there (draining): let every load thread complete
+  // two more before counting.
+  const int64_t ok_dropped = load.ok();
+  ASSERT_TRUE(WaitFor([&] { return load.ok() >= ok_dropped + 8; }, 5000));
   const int64_t b0_after = load.by_backend()["b0"];
   const int64_t ok_now = load.ok();
   ASSERT_TRUE(WaitFor([&] { return load.ok() > ok_now + 500; }, 10000));

@@ -187,6 +187,10 @@ struct CommittedEntry {
   std::string data;
   std::string fingerprint;  // the KV state right after applying it
   uint64_t first_node = 0;
+  // The term of the first node that applied it, when it did: the leader that committed the entry
+  // had this term or an older one. Leaders of later terms must hold it (Leader Completeness);
+  // a leader of an older term, elected late by a delayed vote, need not.
+  uint64_t seen_in_term = 0;
 };
 
 // The membership cycle: remove a voter and retire it, add a fresh node as a learner, promote it.
@@ -560,8 +564,8 @@ void World::ApplyEntry(Node& n, const rpb::Entry& e) {
   n.applied = e.index();
   n.applied_term = e.term();
   std::string fp = Fingerprint(n);
-  auto [it, fresh] =
-      committed_.emplace(e.index(), CommittedEntry{e.term(), e.type(), e.data(), fp, n.id});
+  auto [it, fresh] = committed_.emplace(
+      e.index(), CommittedEntry{e.term(), e.type(), e.data(), fp, n.id, n.raft->status().term});
   if (fresh) {
     result_.stats.committed++;
     Trace("commit index=", e.index(), " term=", e.term(), " type=", rpb::EntryType_Name(e.type()),
@@ -601,12 +605,12 @@ void World::CheckPersistedEntries(const Node& n, const std::vector<rpb::Entry>& 
   }
 }
 
-// Leader completeness: a new leader's log holds every entry committed before it was elected.
+// Leader completeness: a leader of term T holds every entry committed in a term before T.
 void World::CheckLeaderCompleteness(const Node& n, uint64_t term) {
   DiskState log = n.disk.View();
   uint64_t snap = SnapIndex(log);
   for (const auto& [index, c] : committed_) {
-    if (index <= snap) continue;
+    if (index <= snap || c.seen_in_term >= term) continue;
     const rpb::Entry* e = nullptr;
     if (!log.entries.empty() && index >= log.entries.front().index() &&
         index <= log.entries.back().index()) {

@@ -72,6 +72,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   bool ready_scheduled = false;
   bool failed = false;  // a disk write failed: nothing more is persisted or acknowledged
   bool is_leader = false;
+  std::string self_address;  // as bound
 
   // --- the executor's state ---
   struct Pending {
@@ -92,7 +93,13 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     if (it == peers.end()) return;  // an unknown member: raft retries once it is known
     pb::PeerFrame f;
     f.set_raft_message(m.SerializeAsString());
-    transport->Send(it->second, f.SerializeAsString());
+    SendFrame(it->second, f);
+  }
+
+  void SendFrame(const std::string& address, pb::PeerFrame& f) {
+    f.set_from_id(opts.node_id);
+    f.set_from_address(self_address);
+    transport->Send(address, f.SerializeAsString());
   }
 
   void ScheduleReady() {
@@ -104,6 +111,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   void OnFrame(const std::string& bytes) {
     pb::PeerFrame f;
     if (!f.ParseFromString(bytes)) return;
+    if (f.from_id() != 0 && f.from_id() != opts.node_id && !f.from_address().empty() &&
+        f.from_address().size() <= 256) {
+      peers[f.from_id()] = f.from_address();
+    }
     if (f.has_forward()) {
       ProposeHere(f.forward());
     } else if (f.kind_case() == pb::PeerFrame::kRaftMessage) {
@@ -126,7 +137,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     if (leader != 0 && leader != opts.node_id && peers.count(leader)) {
       pb::PeerFrame f;
       *f.mutable_forward() = p;
-      transport->Send(peers[leader], f.SerializeAsString());
+      SendFrame(peers[leader], f);
       return;
     }
     if (waiting_for_leader.size() < opts.max_pending_proposals) waiting_for_leader.push_back(p);
@@ -289,6 +300,7 @@ Status RaftLog::Start() {
       self == im.peers.end() || self->second.ends_with(":0")) {
     im.peers[im.opts.node_id] = im.transport->address();
   }
+  im.self_address = im.peers[im.opts.node_id];
   im.loop.Start();
   std::promise<void> started;
   im.loop.Post([&] {

@@ -1,5 +1,6 @@
 #include "net/framed_transport.h"
 
+#include <array>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -26,12 +27,12 @@ constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 constexpr size_t kMaxBatchBytes = 1 << 20;  // frames coalesced into one write
 
 void PutLength(std::string& out, uint32_t n) {
-  char b[4] = {static_cast<char>(n >> 24), static_cast<char>(n >> 16), static_cast<char>(n >> 8),
-               static_cast<char>(n)};
-  out.append(b, 4);
+  std::array<char, 4> b = {static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                           static_cast<char>(n >> 8), static_cast<char>(n)};
+  out.append(b.data(), b.size());
 }
 
-uint32_t GetLength(const unsigned char* b) {
+uint32_t GetLength(const std::array<unsigned char, 4>& b) {
   return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | uint32_t{b[3]};
 }
 
@@ -163,7 +164,7 @@ struct FramedTransport::Impl {
 
   asio::awaitable<void> ReadLoop(tcp::socket socket) {
     ++inbound;
-    unsigned char len[4];
+    std::array<unsigned char, 4> len{};
     for (;;) {
       auto [ec, n] = co_await asio::async_read(socket, asio::buffer(len), kAwait);
       if (ec) break;

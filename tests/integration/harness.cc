@@ -73,7 +73,16 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args)
   ::mkdir(data_dir_.c_str(), 0755);
 }
 
+ServerProcess::ServerProcess(ServerSpec spec) : ServerProcess(std::move(spec.extra_args)) {
+  http_ = std::move(spec.http);
+  node_name_ = std::move(spec.node_name);
+}
+
 ServerProcess::~ServerProcess() { (void)Kill(); }
+
+void ServerProcess::Signal(int sig) {
+  if (running()) ::kill(pid_, sig);
+}
 
 std::string ServerProcess::base_url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
@@ -91,8 +100,8 @@ Status ServerProcess::Spawn() {
   ::fstat(fd, &st);
   log_offset_ = static_cast<size_t>(st.st_size);
 
-  std::vector<std::string> args = {HAVEN_BINARY, "server",      "--data-dir",  data_dir_,
-                                   "--http",     "127.0.0.1:0", "--node-name", "test-node"};
+  std::vector<std::string> args = {HAVEN_BINARY, "server", "--data-dir",  data_dir_,
+                                   "--http",     http_,    "--node-name", node_name_};
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
   auto pid = SpawnLogged(std::move(args), fd);
   if (!pid.ok()) return pid.status();
@@ -198,6 +207,35 @@ Status ServerProcess::Restart(int64_t deadline_ms) {
   Status s = Kill();
   if (!s.ok()) return s;
   return Start(deadline_ms);
+}
+
+Result<std::vector<int>> PickFreePorts(int count) {
+  if (count < 0 || count > 64) return Status::InvalidArgument("PickFreePorts: 0 to 64 ports");
+  std::vector<int> fds;
+  std::vector<int> ports;
+  Status failed = Status::Ok();
+  for (int i = 0; i < count && failed.ok(); ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      failed = Status::IoError("socket: " + std::string(std::strerror(errno)));
+      break;
+    }
+    fds.push_back(fd);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      failed = Status::IoError("bind: " + std::string(std::strerror(errno)));
+      break;
+    }
+    ports.push_back(ntohs(addr.sin_port));
+  }
+  // Held open until all are picked, so the kernel hands out distinct ports.
+  for (int fd : fds) ::close(fd);
+  if (!failed.ok()) return failed;
+  return ports;
 }
 
 // ---- Api ----

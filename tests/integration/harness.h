@@ -50,6 +50,18 @@ struct ExitInfo {
   int signal = 0;
 };
 
+// Where a ServerProcess listens and what it is called: a cluster member needs fixed addresses so
+// that it restarts where its peers know it.
+struct ServerSpec {
+  std::string http = "127.0.0.1:0";  // --http (port 0: ephemeral, changes on restart)
+  std::string node_name = "test-node";
+  std::vector<std::string> extra_args;  // appended after --node-name
+};
+
+// Ports on 127.0.0.1 that were free a moment ago (all bound at once, then released), for children
+// that must listen at fixed ports. At most 64.
+Result<std::vector<int>> PickFreePorts(int count);
+
 // A `haven server` child: started with fork/exec on an ephemeral port, its stdout/stderr in a log
 // file next to (not inside) its data dir. Killed by PID in the destructor, so a failing test never
 // leaves a server behind.
@@ -57,6 +69,8 @@ class ServerProcess {
  public:
   // `extra_args` are appended to: server --data-dir DIR --http 127.0.0.1:0 --node-name test-node.
   explicit ServerProcess(std::vector<std::string> extra_args = {});
+  // server --data-dir DIR --http SPEC.http --node-name SPEC.node_name SPEC.extra_args...
+  explicit ServerProcess(ServerSpec spec);
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -67,8 +81,11 @@ class ServerProcess {
   Status Kill();
   // SIGTERM and wait up to `deadline_ms` for the exit; SIGKILLs and fails when it does not exit.
   Result<ExitInfo> Terminate(int64_t deadline_ms = 10000);
-  // Starts again on the same data dir (the port changes). Kills a running child first.
+  // Starts again on the same data dir (the port changes unless fixed by ServerSpec::http). Kills a
+  // running child first.
   Status Restart(int64_t deadline_ms = 15000);
+  // Sends `sig` (e.g. SIGSTOP/SIGCONT to pause and resume). A no-op when not running.
+  void Signal(int sig);
 
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
@@ -83,6 +100,8 @@ class ServerProcess {
   Status AwaitListening(int64_t deadline_ms);
 
   std::vector<std::string> extra_args_;
+  std::string http_ = "127.0.0.1:0";
+  std::string node_name_ = "test-node";
   TempDir root_;          // holds data/ and server.log
   std::string data_dir_;  // root_/data
   std::string log_path_;  // root_/server.log

@@ -7,6 +7,7 @@
 #include "base/duration.h"
 #include "base/log.h"
 #include "cli/client_commands.h"
+#include "cli/cluster_commands.h"
 #include "cli/proxy_command.h"
 #include "node/server.h"
 
@@ -50,6 +51,9 @@ int Main(int argc, char** argv) {
   server->add_option("--peers", server_opts.peers,
                      "Initial voters ID=HOST:PORT,... including this node (default: a cluster of "
                      "one)");
+  server->add_flag("--join", server_opts.join,
+                   "Join an existing cluster (instead of --peers): wait to be added with `haven "
+                   "cluster add`");
   server
       ->add_option("--max-connections", server_opts.max_connections,
                    "Open HTTP connections at most")
@@ -60,6 +64,7 @@ int Main(int argc, char** argv) {
   const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");
   if (env_addr && *env_addr) client_opts.addr = env_addr;
   haven::cli::AddClientCommands(app, client_opts);
+  haven::cli::AddClusterCommands(app, client_opts);
   haven::cli::ProxyCommandOptions proxy_opts;
   haven::cli::AddProxyCommand(app, proxy_opts);
 

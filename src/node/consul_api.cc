@@ -99,6 +99,34 @@ Result<uint64_t> QueryUint(const HttpRequest& req, std::string_view name, uint64
   return static_cast<uint64_t>(n);
 }
 
+// A raft member id from ?id: 1 .. 2^62 (as --node-id).
+Result<uint64_t> QueryMemberId(const HttpRequest& req, bool required) {
+  auto id = QueryUint(req, "id", 0);
+  if (!id.ok()) return id.status();
+  if (*id == 0 && required) return Status::InvalidArgument("Missing id: the raft member id");
+  if (*id > (uint64_t{1} << 62)) return Status::InvalidArgument("Invalid id: at most 2^62");
+  return *id;
+}
+
+// HOST:PORT with a port from 1 to 65535 (the raft transport connects to it as given).
+Status CheckRaftAddress(const std::string& addr) {
+  auto colon = addr.rfind(':');
+  if (addr.empty() || addr.size() > 256 || colon == std::string::npos || colon == 0) {
+    return Status::InvalidArgument("Invalid address \"" + addr + "\": expected HOST:PORT");
+  }
+  std::string port = addr.substr(colon + 1);
+  bool digits = !port.empty() && port.size() <= 5 &&
+                std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits || std::stoi(port) < 1 || std::stoi(port) > 65535) {
+    return Status::InvalidArgument("Invalid address \"" + addr + "\": port must be 1 to 65535");
+  }
+  return Status::Ok();
+}
+
+bool Contains(const google::protobuf::RepeatedField<uint64_t>& ids, uint64_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
 bool AllPassing(const std::vector<const pb::Check*>& checks) {
   return std::all_of(checks.begin(), checks.end(),
                      [](const pb::Check* c) { return c->status() == "passing"; });
@@ -143,6 +171,10 @@ ConsulApi::ConsulApi(RegistryNode& node, ConsulApiOptions opts)
       {"GET", "/v1/status/leader", &ConsulApi::StatusLeader},
       {"GET", "/v1/status/peers", &ConsulApi::StatusPeers},
       {"GET", "/metrics", &ConsulApi::Metrics},
+      {"GET", "/v1/operator/raft/configuration", &ConsulApi::OperatorRaftConfiguration},
+      {"DELETE", "/v1/operator/raft/peer", &ConsulApi::OperatorRaftPeerRemove},
+      {"PUT", "/v1/operator/raft/peer", &ConsulApi::OperatorRaftPeerAdd},
+      {"PUT", "/v1/operator/raft/transfer-leader", &ConsulApi::OperatorRaftTransferLeader},
   };
 }
 
@@ -655,6 +687,113 @@ void ConsulApi::Metrics(const HttpRequest&, const std::string&, Responder& respo
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
   r.body = metrics::Registry::Default().RenderPrometheus();
   respond(std::move(r));
+}
+
+// ---------------------------------------------------------------- operator
+
+// As Consul, plus haven's MatchIndex (leader only: how far each member has replicated, 0
+// elsewhere) and CommitIndex, so `haven cluster add` can tell when a learner has caught up.
+void ConsulApi::OperatorRaftConfiguration(const HttpRequest&, const std::string&,
+                                          Responder& respond) {
+  RaftLogStatus st = node_.raft_status();
+  std::map<uint64_t, uint64_t> match;
+  for (const auto& p : st.node.progress) match[p.id] = p.match;
+  json::array servers;
+  auto add = [&](uint64_t id, bool voter) {
+    auto addr = st.peers.find(id);
+    servers.push_back(json::object{
+        {"ID", std::to_string(id)},
+        {"Node", std::to_string(id)},
+        {"Address", addr == st.peers.end() ? "" : addr->second},
+        {"Leader", id == st.node.leader},
+        {"Voter", voter},
+        {"ProtocolVersion", "3"},
+        {"MatchIndex", match.count(id) ? match[id] : 0},
+    });
+  };
+  for (uint64_t id : st.node.conf.voters()) add(id, true);
+  for (uint64_t id : st.node.conf.learners()) {
+    if (!Contains(st.node.conf.voters(), id)) add(id, false);
+  }
+  respond(Json(json::object{{"Servers", std::move(servers)},
+                            {"Index", st.node.commit},
+                            {"CommitIndex", st.node.commit},
+                            {"LeaderID", std::to_string(st.node.leader)}}));
+}
+
+// As Consul: ?id=ID (or ?address=HOST:PORT) leaves the configuration.
+void ConsulApi::OperatorRaftPeerRemove(const HttpRequest& req, const std::string&,
+                                       Responder& respond) {
+  auto id = QueryMemberId(req, false);
+  if (!id.ok()) return respond(Error(id.status()));
+  RaftLogStatus st = node_.raft_status();
+  if (*id == 0) {
+    const std::string* addr = req.Query("address");
+    if (!addr || addr->empty()) return respond(Text(400, "Must specify either ?id or ?address"));
+    for (const auto& [pid, paddr] : st.peers) {
+      if (paddr == *addr) *id = pid;
+    }
+    if (*id == 0) return respond(Text(404, "address \"" + *addr + "\" is not a raft member"));
+  }
+  if (!Contains(st.node.conf.voters(), *id) && !Contains(st.node.conf.learners(), *id)) {
+    return respond(Text(404, "node " + std::to_string(*id) + " is not a raft member"));
+  }
+  raft::pb::ConfChange cc;
+  cc.set_type(raft::pb::CONF_REMOVE);
+  cc.set_node_id(*id);
+  node_.ChangeMembership(
+      std::move(cc), [respond](const Status& s) { respond(s.ok() ? Text(200, "") : Error(s)); });
+}
+
+// haven's own: ?id=ID&address=HOST:PORT adds a learner; &voter=true promotes a learner (add it
+// as a learner first, promote once it has caught up: a voter that is far behind would stall
+// commits).
+void ConsulApi::OperatorRaftPeerAdd(const HttpRequest& req, const std::string&,
+                                    Responder& respond) {
+  auto id = QueryMemberId(req, true);
+  if (!id.ok()) return respond(Error(id.status()));
+  const std::string* voter_q = req.Query("voter");
+  std::string voter_text = voter_q ? *voter_q : "false";
+  if (voter_text != "true" && voter_text != "false") {
+    return respond(Text(400, "Invalid voter \"" + voter_text + "\": expected true or false"));
+  }
+  bool voter = voter_text == "true";
+  RaftLogStatus st = node_.raft_status();
+  bool is_voter = Contains(st.node.conf.voters(), *id);
+  bool is_learner = !is_voter && Contains(st.node.conf.learners(), *id);
+  const std::string* addr_q = req.Query("address");
+  std::string addr = addr_q ? *addr_q : "";
+  if (addr.empty() && (is_voter || is_learner) && st.peers.count(*id)) addr = st.peers[*id];
+  if (Status s = CheckRaftAddress(addr); !s.ok()) return respond(Error(s));
+  if (is_voter) {
+    if (voter) return respond(Text(200, ""));  // already done: a retry is harmless
+    return respond(Text(409, "node " + std::to_string(*id) + " is already a voter"));
+  }
+  if (voter && !is_learner) {
+    return respond(Text(400, "node " + std::to_string(*id) +
+                                 " is not a member: add it as a learner first, then promote it "
+                                 "once it has caught up"));
+  }
+  if (is_learner && !voter && st.peers.count(*id) && st.peers[*id] == addr) {
+    return respond(Text(200, ""));
+  }
+  raft::pb::ConfChange cc;
+  cc.set_type(voter ? raft::pb::CONF_ADD_VOTER : raft::pb::CONF_ADD_LEARNER);
+  cc.set_node_id(*id);
+  cc.set_context(addr);
+  node_.ChangeMembership(
+      std::move(cc), [respond](const Status& s) { respond(s.ok() ? Text(200, "") : Error(s)); });
+}
+
+// As Consul's: ?id=ID optional (default: the most caught-up voter); answers once it moved.
+void ConsulApi::OperatorRaftTransferLeader(const HttpRequest& req, const std::string&,
+                                           Responder& respond) {
+  auto id = QueryMemberId(req, false);
+  if (!id.ok()) return respond(Error(id.status()));
+  constexpr int64_t kTransferWaitMs = 10'000;
+  node_.TransferLeadership(*id, kTransferWaitMs, [respond](const Status& s) {
+    respond(s.ok() ? Json(json::object{{"Success", true}}) : Error(s));
+  });
 }
 
 }  // namespace haven::node

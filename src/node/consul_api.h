@@ -73,6 +73,11 @@ class ConsulApi {
   void StatusLeader(const net::HttpRequest&, const std::string&, net::Responder&);
   void StatusPeers(const net::HttpRequest&, const std::string&, net::Responder&);
   void Metrics(const net::HttpRequest&, const std::string&, net::Responder&);
+  // operator (Consul's raft configuration and peer removal; haven's add/promote and transfer)
+  void OperatorRaftConfiguration(const net::HttpRequest&, const std::string&, net::Responder&);
+  void OperatorRaftPeerRemove(const net::HttpRequest&, const std::string&, net::Responder&);
+  void OperatorRaftPeerAdd(const net::HttpRequest&, const std::string&, net::Responder&);
+  void OperatorRaftTransferLeader(const net::HttpRequest&, const std::string&, net::Responder&);
 
   void TtlUpdate(const std::string& check_id, const std::string& status, const std::string& note,
                  net::Responder& respond);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "base/log.h"
@@ -73,6 +74,32 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   bool failed = false;  // a disk write failed: nothing more is persisted or acknowledged
   bool is_leader = false;
   std::string self_address;  // as bound
+
+  // Admin requests awaiting their outcome (on `loop`).
+  struct PendingConf {
+    raft::ProposalId id;
+    std::function<void(Status)> done;
+    Clock::time_point deadline;
+  };
+  struct PendingTransfer {
+    uint64_t to = 0;
+    std::function<void(Status)> done;
+    Clock::time_point deadline;
+    int64_t timeout_ms = 0;
+  };
+  std::vector<PendingConf> pending_confs;
+  // Changes refused with Conflict, tried again on the next ticks: a new leader refuses changes
+  // until its first entry applies, and the previous change may be committed but not applied yet.
+  struct RetryConf {
+    raft::pb::ConfChange cc;
+    std::function<void(Status)> done;
+    Clock::time_point give_up;
+  };
+  std::vector<RetryConf> conf_retries;
+  static constexpr int64_t kConflictRetryMs = 2'000;
+  std::vector<PendingTransfer> pending_transfers;
+  static constexpr size_t kMaxPendingAdmin = 64;
+  static constexpr int64_t kMaxTransferWaitMs = 60'000;
 
   // --- the executor's state ---
   struct Pending {
@@ -150,6 +177,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       retry.swap(waiting_for_leader);
       for (const auto& p : retry) ProposeHere(p);
     }
+    CheckAdminRequests();
     ScheduleReady();
     executor.Post([self = shared_from_this()] { self->ExpireProposals(); });
     tick_timer = loop.RunAfter(opts.tick_ms, [this] { OnTick(); });
@@ -158,6 +186,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   // Step 1-4 of the Ready contract, for every Ready the node has.
   void ProcessReady() {
     ready_scheduled = false;
+    std::vector<std::pair<std::function<void(Status)>, Status>> answers;
     while (!failed && node->HasReady()) {
       raft::Ready rd = node->GetReady();
       for (const auto& m : rd.messages_before_persist) Send(m);
@@ -170,15 +199,157 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       if (rd.soft_state) NoteRole(rd.soft_state->role == raft::Role::kLeader);
       if (rd.snapshot) InstallSnapshot(*rd.snapshot);
       TrackConfChanges(rd.committed);
+      for (auto& a : ResolveConfChanges(rd.committed)) answers.push_back(std::move(a));
+      // A copy: Advance needs the committed entries too (it marks them applied and applies conf
+      // changes in the core; without them the leader refused every later conf change).
       if (!rd.committed.empty()) {
-        executor.Post([self = shared_from_this(), entries = std::move(rd.committed)] {
-          self->Apply(entries);
-        });
-        rd.committed.clear();
+        executor.Post(
+            [self = shared_from_this(), entries = rd.committed] { self->Apply(entries); });
       }
       node->Advance(rd);
     }
     UpdateStatus();
+    // After Advance (the core applied the change), after status() shows it, and after the Apply
+    // posted above, so the answer follows every earlier entry's effects.
+    for (auto& [done, st] : answers) Answer(std::move(done), std::move(st));
+  }
+
+  void Answer(std::function<void(Status)> done, Status s) {
+    executor.Post([done = std::move(done), s = std::move(s)] { done(s); });
+  }
+
+  // "not leader; leader is 2 at 127.0.0.1:8301" (or "no leader is known"), for admin calls that
+  // do not forward: the caller retries on the leader.
+  Status NotLeader() {
+    uint64_t leader = node->status().leader;
+    if (leader == 0) return Status::Unavailable("not leader; no leader is known yet");
+    auto it = peers.find(leader);
+    return Status::Unavailable("not leader; leader is " + std::to_string(leader) + " at " +
+                               (it == peers.end() ? std::string("?") : it->second));
+  }
+
+  // Conf changes proposed here whose index committed: with our term, applied; otherwise lost.
+  std::vector<std::pair<std::function<void(Status)>, Status>> ResolveConfChanges(
+      const std::vector<raft::pb::Entry>& committed) {
+    std::vector<std::pair<std::function<void(Status)>, Status>> out;
+    for (const auto& e : committed) {
+      for (auto it = pending_confs.begin(); it != pending_confs.end();) {
+        if (it->id.index != e.index()) {
+          ++it;
+          continue;
+        }
+        Status st = e.term() == it->id.term && e.type() == raft::pb::ENTRY_CONF_CHANGE
+                        ? Status::Ok()
+                        : Status::Unavailable("conf change lost: leadership changed; retry");
+        out.emplace_back(std::move(it->done), std::move(st));
+        it = pending_confs.erase(it);
+      }
+    }
+    return out;
+  }
+
+  void ChangeMembershipHere(raft::pb::ConfChange cc, std::function<void(Status)> done,
+                            std::optional<Clock::time_point> give_up = std::nullopt) {
+    if (failed) return Answer(std::move(done), Status::IoError("raft storage failed"));
+    if (pending_confs.size() + conf_retries.size() >= kMaxPendingAdmin) {
+      return Answer(std::move(done), Status::Unavailable("too many membership changes pending"));
+    }
+    if (node->status().role != raft::Role::kLeader) return Answer(std::move(done), NotLeader());
+    auto r = node->ProposeConfChange(cc);
+    if (!r.ok() && r.status().code() == Code::kConflict) {
+      if (!give_up) give_up = Clock::now() + std::chrono::milliseconds(kConflictRetryMs);
+      if (Clock::now() < *give_up) {
+        conf_retries.push_back({std::move(cc), std::move(done), *give_up});
+        return;
+      }
+    }
+    if (!r.ok()) return Answer(std::move(done), r.status());
+    if (cc.type() != raft::pb::CONF_REMOVE && !cc.context().empty()) {
+      peers[cc.node_id()] = cc.context();  // so the leader can reach it before the commit
+    }
+    auto deadline = Clock::now() + std::chrono::milliseconds(opts.proposal_timeout_ms);
+    pending_confs.push_back({*r, std::move(done), deadline});
+    ScheduleReady();
+  }
+
+  // The other voter with the highest match (the most caught-up), 0 if there is none.
+  uint64_t MostCaughtUpVoter(const raft::NodeStatus& st) const {
+    uint64_t best = 0, best_match = 0;
+    for (const auto& p : st.progress) {
+      bool voter = std::find(st.conf.voters().begin(), st.conf.voters().end(), p.id) !=
+                   st.conf.voters().end();
+      if (p.id == opts.node_id || p.learner || !voter) continue;
+      if (best == 0 || p.match > best_match) {
+        best = p.id;
+        best_match = p.match;
+      }
+    }
+    return best;
+  }
+
+  void TransferHere(uint64_t to, int64_t timeout_ms, std::function<void(Status)> done) {
+    const raft::NodeStatus st = node->status();
+    if (st.role != raft::Role::kLeader) return Answer(std::move(done), NotLeader());
+    if (pending_transfers.size() >= kMaxPendingAdmin) {
+      return Answer(std::move(done), Status::Unavailable("too many leadership transfers pending"));
+    }
+    if (to == 0) to = MostCaughtUpVoter(st);
+    if (to == 0) return Answer(std::move(done), Status::InvalidArgument("no other voter to lead"));
+    if (to == opts.node_id) return Answer(std::move(done), Status::Ok());  // already leads
+    if (std::find(st.conf.voters().begin(), st.conf.voters().end(), to) == st.conf.voters().end()) {
+      return Answer(std::move(done),
+                    Status::InvalidArgument("node " + std::to_string(to) + " is not a voter"));
+    }
+    node->TransferLeadership(to);
+    auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    pending_transfers.push_back({to, std::move(done), deadline, timeout_ms});
+    ScheduleReady();
+  }
+
+  // On each tick: answers transfers that completed or timed out (the core aborts a transfer after
+  // an election timeout, so one still wanted is asked again), and expires lost conf changes.
+  void CheckAdminRequests() {
+    std::vector<RetryConf> retries;
+    retries.swap(conf_retries);
+    for (auto& r : retries) ChangeMembershipHere(std::move(r.cc), std::move(r.done), r.give_up);
+    auto now = Clock::now();
+    const raft::NodeStatus st = node->status();
+    for (auto it = pending_transfers.begin(); it != pending_transfers.end();) {
+      if (st.leader != 0 && st.leader != opts.node_id) {
+        Answer(std::move(it->done), Status::Ok());
+      } else if (now >= it->deadline) {
+        Answer(std::move(it->done),
+               Status::Unavailable("leadership did not move to " + std::to_string(it->to) +
+                                   " within " + std::to_string(it->timeout_ms) + " ms"));
+      } else {
+        if (st.role == raft::Role::kLeader && st.transferee == 0) node->TransferLeadership(it->to);
+        ++it;
+        continue;
+      }
+      it = pending_transfers.erase(it);
+    }
+    for (auto it = pending_confs.begin(); it != pending_confs.end();) {
+      if (now < it->deadline) {
+        ++it;
+        continue;
+      }
+      Answer(std::move(it->done), Status::Unavailable("conf change not committed within " +
+                                                      std::to_string(opts.proposal_timeout_ms) +
+                                                      " ms; it may or may not take effect"));
+      it = pending_confs.erase(it);
+    }
+  }
+
+  // After the loop stopped: nothing will answer these any more.
+  void FailAdminRequests() {
+    for (auto& p : pending_confs) Answer(std::move(p.done), Status::Unavailable("shutting down"));
+    for (auto& p : pending_transfers) {
+      Answer(std::move(p.done), Status::Unavailable("shutting down"));
+    }
+    for (auto& p : conf_retries) Answer(std::move(p.done), Status::Unavailable("shutting down"));
+    pending_confs.clear();
+    pending_transfers.clear();
+    conf_retries.clear();
   }
 
   void NoteRole(bool leader) {
@@ -323,6 +494,7 @@ void RaftLog::Stop() {
   if (im.stopped.exchange(true)) return;
   im.loop.Stop();
   if (im.transport) im.transport->Stop();
+  im.FailAdminRequests();  // the loop thread is joined: its state is ours now
   im.executor.Post([impl = impl_] {
     for (auto& [seq, p] : impl->pending) p.done(Status::Unavailable("server is shutting down"), 0);
     impl->pending.clear();
@@ -377,6 +549,31 @@ void RaftLog::TransferLeadership(uint64_t to) {
   impl_->loop.Post([impl = impl_.get(), to] {
     impl->node->TransferLeadership(to);
     impl->ScheduleReady();
+  });
+}
+
+void RaftLog::ChangeMembership(raft::pb::ConfChange cc, std::function<void(Status)> done) {
+  Impl& im = *impl_;
+  if (im.stopped) return im.executor.Post([done] { done(Status::Unavailable("shutting down")); });
+  if (cc.context().size() > 256) {
+    return im.executor.Post(
+        [done] { done(Status::InvalidArgument("member address longer than 256 bytes")); });
+  }
+  im.loop.Post([impl = impl_, cc = std::move(cc), done = std::move(done)]() mutable {
+    impl->ChangeMembershipHere(std::move(cc), std::move(done));
+  });
+}
+
+void RaftLog::TransferLeadershipAndWait(uint64_t to, int64_t timeout_ms,
+                                        std::function<void(Status)> done) {
+  Impl& im = *impl_;
+  if (im.stopped) return im.executor.Post([done] { done(Status::Unavailable("shutting down")); });
+  if (timeout_ms <= 0 || timeout_ms > Impl::kMaxTransferWaitMs) {
+    return im.executor.Post(
+        [done] { done(Status::InvalidArgument("transfer timeout must be 1 to 60000 ms")); });
+  }
+  im.loop.Post([impl = impl_, to, timeout_ms, done = std::move(done)]() mutable {
+    impl->TransferHere(to, timeout_ms, std::move(done));
   });
 }
 

@@ -70,6 +70,15 @@ class RaftLog final : public ReplicatedLog {
   // Graceful leadership transfer (before a planned shutdown); no-op when not leader.
   void TransferLeadership(uint64_t to);
 
+  // Membership change (one server at a time; `cc.context` = the member's raft address for adds).
+  // On the leader only: elsewhere Unavailable("not leader; leader is ID at ADDR"). `done` runs on
+  // the executor once the change is committed and applied, or with the core's error (Conflict:
+  // another change is pending), or Unavailable if it was lost or not committed in time.
+  void ChangeMembership(raft::pb::ConfChange cc, std::function<void(Status)> done);
+  // Moves leadership to voter `to` (0: the most caught-up other voter); `done` runs on the
+  // executor once another node leads, or with Unavailable after `timeout_ms` (at most 60 s).
+  void TransferLeadershipAndWait(uint64_t to, int64_t timeout_ms, std::function<void(Status)> done);
+
   std::string raft_address() const;
   RaftLogStatus status() const;  // thread-safe snapshot of the node's state
 

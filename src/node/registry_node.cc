@@ -213,6 +213,15 @@ void RegistryNode::Restore(uint64_t index, const std::string& state) {
             sm_.KVCount());
 }
 
+void RegistryNode::ChangeMembership(raft::pb::ConfChange cc, std::function<void(Status)> done) {
+  log_->ChangeMembership(std::move(cc), std::move(done));
+}
+
+void RegistryNode::TransferLeadership(uint64_t to, int64_t timeout_ms,
+                                      std::function<void(Status)> done) {
+  log_->TransferLeadershipAndWait(to, timeout_ms, std::move(done));
+}
+
 bool RegistryNode::IsLeader() const { return leader_; }
 
 void RegistryNode::OnLeadership(bool leader) {

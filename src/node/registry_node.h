@@ -54,6 +54,10 @@ class RegistryNode {
   // Session renewal: resets its TTL. NotFound if the session does not exist.
   Status RenewSession(const std::string& id);
 
+  // Cluster administration: pass-throughs to RaftLog (`done` runs on the executor).
+  void ChangeMembership(raft::pb::ConfChange cc, std::function<void(Status)> done);
+  void TransferLeadership(uint64_t to, int64_t timeout_ms, std::function<void(Status)> done);
+
   const registry::StateMachine& state() const { return sm_; }
   RaftLogStatus raft_status() const { return log_->status(); }
   WatchHub& watches() { return watches_; }

@@ -142,7 +142,13 @@ int RunServer(const ServerOptions& opts) {
   node_opts.tombstone_ttl_ms = opts.tombstone_ttl_ms;
   node_opts.raft.node_id = opts.raft_node_id;
   node_opts.raft.listen = opts.raft;
-  if (opts.peers.empty()) {
+  if (opts.join) {
+    if (!opts.peers.empty()) {
+      HLOG_ERROR("bad_flag", "flag=--join error=\"--join and --peers exclude each other\"");
+      return 2;
+    }
+    node_opts.raft.peers = {};  // no bootstrap voters: the leader's log or snapshot says who
+  } else if (opts.peers.empty()) {
     node_opts.raft.peers = {{opts.raft_node_id, opts.raft}};
   } else {
     auto peers = ParsePeers(opts.peers);

@@ -23,6 +23,9 @@ struct ServerOptions {
   uint64_t raft_node_id = 1;
   std::string raft = "127.0.0.1:0";
   std::string peers;
+  // Join an existing cluster: no bootstrap voters; the membership comes from the leader once a
+  // member adds this node (`haven cluster add`). Excludes --peers.
+  bool join = false;
 };
 
 // Parses --peers ("1=127.0.0.1:8301,2=127.0.0.1:8302"): ids >= 1, unique, each with HOST:PORT.

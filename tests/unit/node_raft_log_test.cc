@@ -263,5 +263,122 @@ TEST(RaftLogSingleNodeTest, ProposalsAfterStopFailUnavailable) {
   EXPECT_EQ(store.LastIndex(), last);
 }
 
+// --- membership changes and leadership transfer (ChangeMembership, TransferLeadershipAndWait) ---
+
+Status ChangeAndWait(RaftLog& log, raft::pb::ConfChangeType type, uint64_t id,
+                     const std::string& address) {
+  raft::pb::ConfChange cc;
+  cc.set_type(type);
+  cc.set_node_id(id);
+  cc.set_context(address);
+  std::promise<Status> p;
+  log.ChangeMembership(cc, [&](Status s) { p.set_value(s); });
+  auto f = p.get_future();
+  if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+    return Status::Internal("no answer");
+  }
+  return f.get();
+}
+
+Status TransferAndWait(RaftLog& log, uint64_t to, int64_t timeout_ms) {
+  std::promise<Status> p;
+  log.TransferLeadershipAndWait(to, timeout_ms, [&](Status s) { p.set_value(s); });
+  auto f = p.get_future();
+  if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    return Status::Internal("no answer");
+  }
+  return f.get();
+}
+
+bool HasVoter(const RaftLogStatus& st, uint64_t id) {
+  const auto& v = st.node.conf.voters();
+  return std::find(v.begin(), v.end(), id) != v.end();
+}
+
+bool HasLearner(const RaftLogStatus& st, uint64_t id) {
+  const auto& l = st.node.conf.learners();
+  return std::find(l.begin(), l.end(), id) != l.end();
+}
+
+bool Applied(Member& m, const std::string& cmd) {
+  auto cmds = m.Commands();
+  return std::find(cmds.begin(), cmds.end(), cmd) != cmds.end();
+}
+
+// A fourth node started with no peers (joining) is added as a learner, catches up with what was
+// written before, is promoted to voter, and takes later writes.
+TEST_F(RaftLogTest, AJoiningNodeIsAddedAsLearnerThenPromotedAndReplicates) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  Member& leader = Get(Leader());
+  ASSERT_TRUE(leader.ProposeAndWait("before-join").ok());
+
+  auto joiner = std::make_unique<Member>();
+  joiner->id = 4;
+  joiner->address = FreeAddress();
+  joiner->Start({});  // empty: no bootstrap voters, it learns the conf from the leader
+  EXPECT_EQ(joiner->log->status().node.role, raft::Role::kFollower);
+
+  Status s = ChangeAndWait(*leader.log, raft::pb::CONF_ADD_LEARNER, 4, joiner->address);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(HasLearner(leader.log->status(), 4));
+  ASSERT_TRUE(WaitUntil([&] { return Applied(*joiner, "before-join"); }))
+      << "the learner did not catch up";
+
+  s = ChangeAndWait(*leader.log, raft::pb::CONF_ADD_VOTER, 4, joiner->address);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(HasVoter(leader.log->status(), 4));
+  EXPECT_FALSE(HasLearner(leader.log->status(), 4));
+  ASSERT_TRUE(leader.ProposeAndWait("after-promote").ok());
+  ASSERT_TRUE(WaitUntil([&] { return Applied(*joiner, "after-promote"); }));
+  ASSERT_TRUE(WaitUntil([&] { return HasVoter(joiner->log->status(), 4); }));
+  joiner->Stop();
+}
+
+TEST_F(RaftLogTest, ChangeMembershipOnAFollowerNamesTheLeader) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  uint64_t leader = Leader();
+  uint64_t follower = leader % 3 + 1;
+  ASSERT_TRUE(WaitUntil([&] { return Get(follower).log->status().node.leader == leader; }));
+  Status s = ChangeAndWait(*Get(follower).log, raft::pb::CONF_REMOVE, leader, "");
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_NE(s.message().find("leader is " + std::to_string(leader) + " at " + peers_[leader]),
+            std::string::npos)
+      << s.message();
+}
+
+// A removed voter leaves the conf; the remaining two still commit.
+TEST_F(RaftLogTest, RemovingAMemberLeavesTwoThatStillCommit) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  uint64_t leader = Leader();
+  uint64_t gone = leader % 3 + 1;
+  Status s = ChangeAndWait(*Get(leader).log, raft::pb::CONF_REMOVE, gone, "");
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  auto st = Get(leader).log->status();
+  EXPECT_FALSE(HasVoter(st, gone));
+  EXPECT_EQ(st.node.conf.voters_size(), 2);
+  Get(gone).Stop();
+  ASSERT_TRUE(Get(leader).ProposeAndWait("after-remove").ok());
+  uint64_t other = 6 - leader - gone;
+  ASSERT_TRUE(WaitUntil([&] { return Applied(Get(other), "after-remove"); }));
+}
+
+TEST_F(RaftLogTest, TransferLeadershipAndWaitMovesLeadership) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  uint64_t leader = Leader();
+  uint64_t target = leader % 3 + 1;
+  ASSERT_TRUE(Get(leader).ProposeAndWait("x").ok());
+  Status s = TransferAndWait(*Get(leader).log, target, 5'000);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_TRUE(WaitUntil([&] { return Leader() == target; })) << "leader=" << Leader();
+  // Then to "any" (0): leadership moves off the new leader.
+  s = TransferAndWait(*Get(target).log, 0, 5'000);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0 && Leader() != target; }));
+  // Bad input gets a clear error.
+  uint64_t now_leader = Leader();
+  EXPECT_EQ(TransferAndWait(*Get(now_leader).log, 9, 1'000).code(), Code::kInvalidArgument);
+  EXPECT_EQ(TransferAndWait(*Get(now_leader).log, 1, 0).code(), Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace haven::node

@@ -6,6 +6,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <vector>
 
 #include "base/log.h"
@@ -73,6 +74,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   bool ready_scheduled = false;
   bool failed = false;  // a disk write failed: nothing more is persisted or acknowledged
   bool is_leader = false;
+  uint64_t last_leader = 0;
   std::string self_address;  // as bound
 
   // Admin requests awaiting their outcome (on `loop`).
@@ -196,7 +198,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
         break;
       }
       for (const auto& m : rd.messages) Send(m);
-      if (rd.soft_state) NoteRole(rd.soft_state->role == raft::Role::kLeader);
+      if (rd.soft_state) {
+        NoteRole(rd.soft_state->role == raft::Role::kLeader);
+        NoteLeader(rd.soft_state->leader);
+      }
       if (rd.snapshot) InstallSnapshot(*rd.snapshot);
       TrackConfChanges(rd.committed);
       for (auto& a : ResolveConfChanges(rd.committed)) answers.push_back(std::move(a));
@@ -406,6 +411,29 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     }
   }
 
+  // The leader changed: proposals made under the old one were appended (or forwarded) there and
+  // may never commit. Their callers get an answer now instead of at the timeout; the outcome is
+  // unknown (the new leader may still commit an entry the old one replicated), as the message says.
+  void NoteLeader(uint64_t leader) {
+    uint64_t old = last_leader;
+    last_leader = leader;
+    if (old == 0 || old == leader) return;
+    uint64_t cutoff = next_seq.load();
+    executor.Post([self = shared_from_this(), cutoff, old] { self->FailBefore(cutoff, old); });
+  }
+
+  // On the executor.
+  void FailBefore(uint64_t cutoff, uint64_t old_leader) {
+    while (!pending.empty() && pending.begin()->first < cutoff) {
+      DoneFn done = std::move(pending.begin()->second.done);
+      pending.erase(pending.begin());
+      done(Status::Unavailable("leader " + std::to_string(old_leader) +
+                               " changed before this write committed; it may or may not have "
+                               "been applied: retry if it is idempotent"),
+           0);
+    }
+  }
+
   // On the executor: fails proposals past their deadline (their outcome is unknown).
   void ExpireProposals() {
     auto now = Clock::now();
@@ -456,7 +484,9 @@ Status RaftLog::Start() {
   cfg.group = im.opts.group;
   cfg.election_tick = im.opts.election_ticks;
   cfg.heartbeat_tick = im.opts.heartbeat_ticks;
-  cfg.seed = im.opts.node_id * 0x9e3779b97f4a7c15ULL;
+  // Real randomness here (the simulator seeds its own): otherwise the same node wins every first
+  // election of a fresh cluster.
+  cfg.seed = (im.opts.node_id * 0x9e3779b97f4a7c15ULL) ^ std::random_device{}();
   auto node = raft::RawNode::Create(cfg, loaded->initial);
   if (!node.ok()) return node.status();
   im.node = std::move(node.value());

@@ -317,8 +317,6 @@ int CatalogCount(Api& api, std::string_view service) {
 
 // ---- raw sockets ----
 
-namespace {
-
 int ConnectLoopback(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -332,8 +330,6 @@ int ConnectLoopback(int port) {
   }
   return fd;
 }
-
-}  // namespace
 
 std::string SendRaw(int port, std::string_view bytes, int64_t timeout_ms) {
   int fd = ConnectLoopback(port);

@@ -154,6 +154,8 @@ int CatalogCount(Api& api, std::string_view service);
 
 // Sends raw bytes to 127.0.0.1:port and reads until close or `timeout_ms`. For garbage-input tests.
 std::string SendRaw(int port, std::string_view bytes, int64_t timeout_ms = 2000);
+// A blocking TCP socket connected to 127.0.0.1:port, or -1.
+int ConnectLoopback(int port);
 
 // A TCP socket listening on 127.0.0.1 (ephemeral port) that never accepts: enough for a TCP check.
 class ListeningSocket {

@@ -135,20 +135,9 @@ class ChildProcess {
   }
   // SIGTERM, then waits up to deadline_ms for the exit (SIGKILL when it does not come).
   ExitInfo Terminate(int64_t deadline_ms) {
-    ExitInfo info;
-    if (pid_ <= 0) return info;
+    if (pid_ <= 0) return {};
     ::kill(pid_, SIGTERM);
-    int status = 0;
-    bool done = WaitFor([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, deadline_ms);
-    if (!done) {
-      Kill();
-      return info;
-    }
-    pid_ = -1;
-    info.exited = WIFEXITED(status);
-    info.code = info.exited ? WEXITSTATUS(status) : -1;
-    info.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-    return info;
+    return WaitExit(deadline_ms);
   }
   bool running() const { return pid_ > 0; }
   std::string ReadLog() const {
@@ -237,20 +226,6 @@ struct RawResponse {
 
 namespace raw_detail {
 
-inline int ConnectLoopback(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // Waits for `events` on fd until the absolute `until_ms`; false on timeout or error.
 inline bool PollUntil(int fd, short events, int64_t until_ms) {
   const int64_t left = until_ms - NowMs();
@@ -334,7 +309,7 @@ inline RawResponse RawExchange(int port, std::string_view request, int64_t timeo
                                size_t max_body = size_t{512} << 20) {
   RawResponse r;
   const int64_t until = NowMs() + timeout_ms;
-  int fd = raw_detail::ConnectLoopback(port);
+  int fd = ConnectLoopback(port);
   if (fd < 0) {
     r.error = "connect: " + std::string(std::strerror(errno));
     return r;

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <memory>
 
 #include "base/clock.h"
 #include "base/log.h"
@@ -67,6 +69,26 @@ Result<std::string> LoadOrCreateNodeId(const std::string& data_dir) {
 }
 
 }  // namespace
+
+// A leader that stops hands its leadership to the most caught-up voter first (TimeoutNow), so the
+// cluster does not wait out an election timeout for a planned restart. Bounded; a cluster of one
+// skips it.
+void HandOffLeadership(RegistryNode& node, net::IoRuntime& io) {
+  constexpr int64_t kHandOffMs = 2000;
+  RaftLogStatus st = node.raft_status();
+  if (st.node.role != raft::Role::kLeader || st.node.conf.voters_size() < 2) return;
+  auto done = std::make_shared<std::promise<Status>>();
+  io.Post([&node, done] {
+    node.TransferLeadership(0, kHandOffMs, [done](Status s) { done->set_value(std::move(s)); });
+  });
+  auto f = done->get_future();
+  if (f.wait_for(std::chrono::milliseconds(kHandOffMs + 500)) != std::future_status::ready) {
+    HLOG_WARN("leadership_handoff", "result=no_answer");
+    return;
+  }
+  Status s = f.get();
+  HLOG_INFO("leadership_handoff", "ok={} error=\"{}\"", s.ok(), s.ok() ? "" : s.ToString());
+}
 
 Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text) {
   std::map<uint64_t, std::string> out;
@@ -191,6 +213,7 @@ int RunServer(const ServerOptions& opts) {
   int sig = 0;
   sigwait(&shutdown_signals, &sig);
   HLOG_INFO("shutting_down", "signal={}", sig);
+  HandOffLeadership(node, io);
   server.Stop();
   node.Stop();
   io.Stop();

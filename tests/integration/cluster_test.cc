@@ -463,6 +463,32 @@ TEST_F(ClusterTest, LeaderKilledUnderLoadLosesNoAcknowledgedWrite) {
             << " ms;" << DescribeViews() << "\n";
 }
 
+// SIGTERM on the leader (a planned restart): it hands leadership over (TimeoutNow) before it
+// exits, so a new leader is agreed faster than any election timeout (1 s at least) could give one,
+// and no acknowledged write is lost.
+TEST_F(ClusterTest, StoppedLeaderHandsOverWithoutAnElectionTimeout) {
+  auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);
+  ASSERT_TRUE(leader.has_value()) << DescribeViews();
+  const int old = *leader;
+  WriteLoad load({Url(0), Url(1), Url(2)}, 3, "term");
+  ASSERT_TRUE(WaitFor([&] { return load.acked() >= 100; }, 10000, 5)) << load.Summary();
+  const int64_t term_ms = NowMs();
+  auto exit = node(old).Terminate(5000);
+  ASSERT_TRUE(exit.ok()) << exit.status().ToString();
+  EXPECT_TRUE(exit->exited && exit->code == 0) << "signal=" << exit->signal;
+  auto next = WaitForAgreedLeader(AllBut(old), kFailoverBoundMs);
+  ASSERT_TRUE(next.has_value()) << DescribeViews();
+  const int64_t handed_ms = NowMs() - term_ms;
+  std::cout << "[cluster] SIGTERM to leader n" << old + 1 << ": n" << *next + 1
+            << " agreed leader after " << handed_ms << " ms (exit included)\n";
+  EXPECT_LT(handed_ms, 1000) << "no handoff: the survivors waited for an election timeout";
+  const int64_t acked_now = load.acked();
+  EXPECT_TRUE(WaitFor([&] { return load.acked() >= acked_now + 100; }, 10000, 5)) << load.Summary();
+  load.Stop();
+  const auto acked = load.AckedKv();
+  for (int i : AllBut(old)) ExpectAllAckedOn(i, "cl/term/", acked);
+}
+
 TEST_F(ClusterTest, PausedLeaderStepsDownAndLosesNothing) {
   constexpr int64_t kPauseMs = 3000;  // longer than the 1-2 s election timeout
   auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);

@@ -1,6 +1,9 @@
 #include "client/health_json.h"
 
 #include <algorithm>
+#include <charconv>
+
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <unordered_set>
@@ -76,6 +79,25 @@ Result<std::vector<lb::Endpoint>> ParseHealthEntries(std::string_view text) {
     out.push_back(std::move(ep));
   }
   return out;
+}
+
+std::string HealthQueryTarget(const std::string& service, uint64_t index, int64_t wait_ms) {
+  std::string t = "/v1/health/service/" + service + "?passing";
+  if (index > 0) t += "&index=" + std::to_string(index) + "&wait=" + std::to_string(wait_ms) + "ms";
+  return t;
+}
+
+uint64_t ParseConsulIndex(const std::string* header) {
+  uint64_t index = 0;
+  if (header) std::from_chars(header->data(), header->data() + header->size(), index);
+  return index;
+}
+
+bool SameEndpoints(const std::vector<lb::Endpoint>& a, const std::vector<lb::Endpoint>& b) {
+  return std::equal(
+      a.begin(), a.end(), b.begin(), b.end(), [](const lb::Endpoint& x, const lb::Endpoint& y) {
+        return x.id == y.id && x.host == y.host && x.port == y.port && x.weight == y.weight;
+      });
 }
 
 }  // namespace haven::client

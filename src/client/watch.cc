@@ -17,31 +17,9 @@ constexpr int64_t kMaxBackoffMs = 2000;
 // Slack on top of the blocking wait: the registry may add up to wait/16 of jitter.
 constexpr int64_t kQuerySlackMs = 5000;
 
-bool SameEndpoints(const std::vector<lb::Endpoint>& a, const std::vector<lb::Endpoint>& b) {
-  return std::equal(
-      a.begin(), a.end(), b.begin(), b.end(), [](const lb::Endpoint& x, const lb::Endpoint& y) {
-        return x.id == y.id && x.host == y.host && x.port == y.port && x.weight == y.weight;
-      });
-}
-
-std::string HealthTarget(const WatchState& w, uint64_t index) {
-  std::string t = "/v1/health/service/" + w.service() + "?passing";
-  if (index > 0) {
-    t += "&index=" + std::to_string(index) + "&wait=" + std::to_string(w.wait_ms()) + "ms";
-  }
-  return t;
-}
-
-uint64_t IndexOf(const net::HttpClientResult& r) {
-  const std::string* h = r.Header("x-consul-index");
-  uint64_t index = 0;
-  if (h) std::from_chars(h->data(), h->data() + h->size(), index);
-  return index;
-}
-
 Result<std::vector<lb::Endpoint>> QueryOnce(net::HttpClient& http, const WatchState& w,
                                             uint64_t* index) {
-  auto r = http.Request("GET", HealthTarget(w, *index));
+  auto r = http.Request("GET", client::HealthQueryTarget(w.service(), *index, w.wait_ms()));
   if (!r.ok()) return r.status();
   if (r->status != 200) {
     return Status::Unavailable("registry answered " + std::to_string(r->status) + " for service " +
@@ -49,7 +27,7 @@ Result<std::vector<lb::Endpoint>> QueryOnce(net::HttpClient& http, const WatchSt
   }
   auto eps = ParseHealthEntries(r->body);
   if (!eps.ok()) return eps;
-  uint64_t next = IndexOf(r.value());
+  uint64_t next = client::ParseConsulIndex(r.value().Header("x-consul-index"));
   // An index that goes back (a registry restart) means start over, as Consul's docs advise.
   *index = next < *index ? 0 : next;
   return eps;
@@ -81,7 +59,7 @@ void RunWatch(std::shared_ptr<WatchState> w) {
 
 void WatchState::Publish(std::vector<lb::Endpoint> endpoints) {
   std::lock_guard lock(mu_);
-  bool changed = !have_list_ || !SameEndpoints(endpoints, endpoints_);
+  bool changed = !have_list_ || !client::SameEndpoints(endpoints, endpoints_);
   if (changed) {
     HLOG_INFO("client_endpoints", "service={} count={}", service_, endpoints.size());
     endpoints_ = std::move(endpoints);

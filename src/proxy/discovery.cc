@@ -68,32 +68,6 @@ struct Discovery::Shared {
 
 namespace {
 
-std::string HealthTarget(const DiscoveryOptions& o, uint64_t index) {
-  std::string t = "/v1/health/service/" + o.service + "?passing";
-  if (index > 0) {
-    t += "&index=" + std::to_string(index) + "&wait=" + std::to_string(o.wait_ms) + "ms";
-  }
-  return t;
-}
-
-uint64_t IndexOf(const net::HttpClientResult& r) {
-  const std::string* h = r.Header("x-consul-index");
-  uint64_t index = 0;
-  if (h) std::from_chars(h->data(), h->data() + h->size(), index);
-  return index;
-}
-
-bool SameEndpoints(const std::vector<lb::Endpoint>& a, const std::vector<lb::Endpoint>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].id != b[i].id || a[i].host != b[i].host || a[i].port != b[i].port ||
-        a[i].weight != b[i].weight) {
-      return false;
-    }
-  }
-  return true;
-}
-
 void RunDiscovery(const std::shared_ptr<Discovery::Shared>& s);
 
 }  // namespace
@@ -130,7 +104,7 @@ void RunDiscovery(const std::shared_ptr<Discovery::Shared>& s) {
   std::vector<lb::Endpoint> last;
   bool delivered = false;
   while (!s->IsStopped()) {
-    auto r = client.Request("GET", HealthTarget(o, index));
+    auto r = client.Request("GET", client::HealthQueryTarget(o.service, index, o.wait_ms));
     Result<std::vector<lb::Endpoint>> eps = Status::Unavailable("no answer");
     if (r.ok() && r->status == 200) {
       eps = client::ParseHealthEntries(r->body);
@@ -145,12 +119,12 @@ void RunDiscovery(const std::shared_ptr<Discovery::Shared>& s) {
       if (!s->SleepUnlessStopped(o.error_backoff_ms)) return;
       continue;
     }
-    uint64_t new_index = IndexOf(r.value());
+    uint64_t new_index = client::ParseConsulIndex(r.value().Header("x-consul-index"));
     // An index that goes back (a registry restart) means start over, as Consul's docs advise.
     index = new_index < index ? 0 : new_index;
     // Without an index the next query would not block: pace it instead of spinning.
     if (index == 0 && !s->SleepUnlessStopped(o.error_backoff_ms)) return;
-    if (delivered && SameEndpoints(last, eps.value())) continue;
+    if (delivered && client::SameEndpoints(last, eps.value())) continue;
     last = eps.value();
     delivered = true;
     HLOG_INFO("proxy_endpoints", "service={} count={} index={}", o.service, last.size(), index);

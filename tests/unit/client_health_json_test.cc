@@ -109,5 +109,26 @@ TEST(ClientServiceClient, UnreachableRegistryFailsFast) {
   EXPECT_LT(ms, 2500);
 }
 
+TEST(HealthJsonTest, BlockingQueryTargetAndIndex) {
+  EXPECT_EQ(HealthQueryTarget("web", 0, 60000), "/v1/health/service/web?passing");
+  EXPECT_EQ(HealthQueryTarget("web", 42, 500),
+            "/v1/health/service/web?passing&index=42&wait=500ms");
+  std::string ok = "17", bad = "x";
+  EXPECT_EQ(ParseConsulIndex(&ok), 17u);
+  EXPECT_EQ(ParseConsulIndex(&bad), 0u);
+  EXPECT_EQ(ParseConsulIndex(nullptr), 0u);
+}
+
+TEST(HealthJsonTest, SameEndpointsComparesAddressesAndWeights) {
+  std::vector<lb::Endpoint> a{{"a", "10.0.0.1", 80, 1}, {"b", "10.0.0.2", 80, 1}};
+  auto b = a;
+  EXPECT_TRUE(SameEndpoints(a, b));
+  b[1].weight = 2;
+  EXPECT_FALSE(SameEndpoints(a, b));
+  b = a;
+  b.pop_back();
+  EXPECT_FALSE(SameEndpoints(a, b));
+}
+
 }  // namespace
 }  // namespace haven::client

@@ -65,11 +65,7 @@ HttpResponse Error(const Status& s) { return Text(HttpCode(s), s.message()); }
 HttpResponse Json(const json::value& v, uint64_t index = 0) {
   HttpResponse r;
   r.body = consul::ToJson(v);
-  if (index > 0) {
-    r.headers.emplace_back("X-Consul-Index", std::to_string(index));
-    r.headers.emplace_back("X-Consul-KnownLeader", "true");
-    r.headers.emplace_back("X-Consul-LastContact", "0");
-  }
+  if (index > 0) r.headers.emplace_back("X-Consul-Index", std::to_string(index));
   return r;
 }
 
@@ -125,6 +121,28 @@ Status CheckRaftAddress(const std::string& addr) {
 
 bool Contains(const google::protobuf::RepeatedField<uint64_t>& ids, uint64_t id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+// GETs of the replicated state (catalog, health, KV, sessions) honour ?stale and ?consistent; the
+// agent, status and operator endpoints answer from this node's own view.
+bool ReadsReplicatedState(const std::string& route) {
+  for (const char* p : {"/v1/catalog/", "/v1/health/", "/v1/kv/", "/v1/session/"}) {
+    if (route.rfind(p, 0) == 0) return true;
+  }
+  return false;
+}
+
+enum class Consistency { kDefault, kStale, kConsistent };
+
+Result<Consistency> ParseConsistency(const HttpRequest& req) {
+  bool stale = req.Query("stale") != nullptr;
+  bool consistent = req.Query("consistent") != nullptr;
+  if (stale && consistent) {
+    return Status::InvalidArgument(
+        "Cannot specify ?stale with ?consistent, conflicting semantics.");
+  }
+  if (stale) return Consistency::kStale;
+  return consistent ? Consistency::kConsistent : Consistency::kDefault;
 }
 
 bool AllPassing(const std::vector<const pb::Check*>& checks) {
@@ -215,7 +233,43 @@ void ConsulApi::Handle(const HttpRequest& req, Responder respond) {
                      : Text(404, "no such endpoint: " + req.path));
     return;
   }
+  if (method == "GET" && ReadsReplicatedState(match->path)) {
+    return HandleRead(req, tail, match->handler, std::move(timed));
+  }
   (this->*(match->handler))(req, tail, timed);
+}
+
+// Consul's three read modes. Default: the leader answers from its state; a follower first waits
+// until it has applied what the leader had committed (a ReadIndex round trip), so a read on any
+// node sees every write acknowledged before it. ?consistent: the leader, too, confirms with a
+// quorum that it still leads. ?stale: any node answers at once from what it has.
+void ConsulApi::HandleRead(const HttpRequest& req, const std::string& tail, Handler handler,
+                           Responder respond) {
+  auto mode = ParseConsistency(req);
+  if (!mode.ok()) return respond(Error(mode.status()));
+  const char* effective = *mode == Consistency::kStale        ? "stale"
+                          : *mode == Consistency::kConsistent ? "consistent"
+                                                              : "leader";
+  Responder annotated = [this, respond = std::move(respond), effective](HttpResponse r) {
+    if (r.status == 200) AddReadHeaders(r, effective);
+    respond(std::move(r));
+  };
+  bool leads = node_.raft_status().node.role == raft::Role::kLeader;
+  if (*mode == Consistency::kStale || (*mode == Consistency::kDefault && leads)) {
+    return (this->*handler)(req, tail, annotated);
+  }
+  node_.ReadBarrier([this, req, tail, handler, annotated](const Status& s) mutable {
+    if (!s.ok()) return annotated(Error(s));
+    (this->*handler)(req, tail, annotated);
+  });
+}
+
+void ConsulApi::AddReadHeaders(HttpResponse& r, const char* effective) const {
+  RaftLogStatus st = node_.raft_status();
+  r.headers.emplace_back("X-Consul-KnownLeader", st.node.leader != 0 ? "true" : "false");
+  r.headers.emplace_back("X-Consul-LastContact",
+                         std::to_string(std::max<int64_t>(st.last_leader_contact_ms, 0)));
+  r.headers.emplace_back("X-Consul-Effective-Consistency", effective);
 }
 
 // ---------------------------------------------------------------- helpers

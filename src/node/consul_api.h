@@ -79,6 +79,11 @@ class ConsulApi {
   void OperatorRaftPeerAdd(const net::HttpRequest&, const std::string&, net::Responder&);
   void OperatorRaftTransferLeader(const net::HttpRequest&, const std::string&, net::Responder&);
 
+  // A GET of the replicated state, in the consistency mode the query asks (?stale, ?consistent).
+  void HandleRead(const net::HttpRequest& req, const std::string& tail, Handler handler,
+                  net::Responder respond);
+  void AddReadHeaders(net::HttpResponse& r, const char* effective) const;
+
   void TtlUpdate(const std::string& check_id, const std::string& status, const std::string& note,
                  net::Responder& respond);
   // Answers a read now, or parks it until the data it reads changes past ?index (blocking query).

@@ -103,6 +103,34 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   static constexpr size_t kMaxPendingAdmin = 64;
   static constexpr int64_t kMaxTransferWaitMs = 60'000;
 
+  // Read barriers (on `loop`): the batch not asked yet, the batch whose ReadIndex is in flight,
+  // and confirmed batches waiting for their index to be handed to the executor.
+  struct ReadWaiter {
+    std::function<void(Status)> done;
+    Clock::time_point deadline;
+  };
+  struct ReadBatch {
+    uint64_t context = 0;
+    int ticks = 0;  // ticks since asked: asked again after kReadRetryTicks (a drop is silent)
+    std::vector<ReadWaiter> waiters;
+  };
+  std::vector<ReadWaiter> reads_unasked;
+  std::optional<ReadBatch> read_in_flight;
+  std::vector<std::pair<uint64_t, std::vector<ReadWaiter>>> reads_confirmed;  // by index
+  uint64_t next_read_context = 1;
+  uint64_t handed_out = 0;  // the last index whose entry (or snapshot) went to the executor
+  static constexpr int kReadRetryTicks = 2;
+
+  // Requests to the leader awaiting its reply (on `loop`), by id.
+  struct PendingAsk {
+    RaftLogCallbacks::Reply done;
+    Clock::time_point deadline;
+  };
+  std::map<uint64_t, PendingAsk> asks;
+  uint64_t next_ask_id = 1;
+  static constexpr size_t kMaxAskBytes = 64 * 1024;
+  Clock::time_point last_leader_contact{};  // when a frame from the leader last arrived
+
   // --- the executor's state ---
   struct Pending {
     DoneFn done;
@@ -114,6 +142,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   std::atomic<bool> stopped{false};
   mutable std::mutex status_mu;
   RaftLogStatus status_cache;
+  std::optional<Clock::time_point> status_contact;  // max(): this node leads
 
   // ---------------------------------------------------------------------------------------------
 
@@ -144,8 +173,15 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
         f.from_address().size() <= 256) {
       peers[f.from_id()] = f.from_address();
     }
+    if (f.from_id() != 0 && f.from_id() == node->status().leader) {
+      last_leader_contact = Clock::now();
+    }
     if (f.has_forward()) {
       ProposeHere(f.forward());
+    } else if (f.has_leader_request()) {
+      OnLeaderRequest(f.from_address(), f.leader_request());
+    } else if (f.has_leader_reply()) {
+      OnLeaderReply(f.leader_reply());
     } else if (f.kind_case() == pb::PeerFrame::kRaftMessage) {
       raft::pb::Message m;
       if (!m.ParseFromString(f.raft_message())) return;
@@ -180,6 +216,8 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       for (const auto& p : retry) ProposeHere(p);
     }
     CheckAdminRequests();
+    RetryReads();
+    ExpireAsks();
     ScheduleReady();
     executor.Post([self = shared_from_this()] { self->ExpireProposals(); });
     tick_timer = loop.RunAfter(opts.tick_ms, [this] { OnTick(); });
@@ -208,9 +246,12 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       // A copy: Advance needs the committed entries too (it marks them applied and applies conf
       // changes in the core; without them the leader refused every later conf change).
       if (!rd.committed.empty()) {
+        handed_out = std::max(handed_out, rd.committed.back().index());
         executor.Post(
             [self = shared_from_this(), entries = rd.committed] { self->Apply(entries); });
       }
+      for (const auto& rs : rd.read_states) OnReadState(rs);
+      ReleaseReads();
       node->Advance(rd);
     }
     UpdateStatus();
@@ -355,6 +396,16 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     pending_confs.clear();
     pending_transfers.clear();
     conf_retries.clear();
+    FailAsks("shutting down");
+    auto fail_reads = [&](std::vector<ReadWaiter>& ws) {
+      for (auto& w : ws) Answer(std::move(w.done), Status::Unavailable("shutting down"));
+      ws.clear();
+    };
+    fail_reads(reads_unasked);
+    if (read_in_flight) fail_reads(read_in_flight->waiters);
+    for (auto& [index, ws] : reads_confirmed) fail_reads(ws);
+    read_in_flight.reset();
+    reads_confirmed.clear();
   }
 
   void NoteRole(bool leader) {
@@ -367,6 +418,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   }
 
   void InstallSnapshot(const raft::pb::Snapshot& snap) {
+    handed_out = std::max(handed_out, snap.meta().index());
     pb::SnapshotData data;
     data.ParseFromString(snap.data());
     for (const auto& [id, addr] : data.peers()) peers[id] = addr;
@@ -417,7 +469,9 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   void NoteLeader(uint64_t leader) {
     uint64_t old = last_leader;
     last_leader = leader;
+    if (leader != old) last_leader_contact = Clock::now();
     if (old == 0 || old == leader) return;
+    FailAsks("the leader changed before it answered; retry");
     uint64_t cutoff = next_seq.load();
     executor.Post([self = shared_from_this(), cutoff, old] { self->FailBefore(cutoff, old); });
   }
@@ -446,10 +500,159 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     }
   }
 
+  // ---- read barriers (on `loop`)
+
+  void AskReadIndex() {
+    if (read_in_flight || reads_unasked.empty()) return;
+    ReadBatch batch;
+    batch.context = next_read_context++;
+    batch.waiters.swap(reads_unasked);
+    node->ReadIndex(std::to_string(batch.context));
+    read_in_flight = std::move(batch);
+    ScheduleReady();
+  }
+
+  void OnReadState(const raft::ReadState& rs) {
+    if (!read_in_flight || rs.context != std::to_string(read_in_flight->context)) return;
+    reads_confirmed.emplace_back(rs.index, std::move(read_in_flight->waiters));
+    read_in_flight.reset();
+    AskReadIndex();
+  }
+
+  // Confirmed reads whose index the executor has been handed: answered behind those entries.
+  void ReleaseReads() {
+    auto ready = std::stable_partition(reads_confirmed.begin(), reads_confirmed.end(),
+                                       [&](const auto& r) { return r.first <= handed_out; });
+    for (auto it = reads_confirmed.begin(); it != ready; ++it) {
+      for (auto& w : it->second) Answer(std::move(w.done), Status::Ok());
+    }
+    reads_confirmed.erase(reads_confirmed.begin(), ready);
+  }
+
+  // The core drops a ReadIndex silently (no leader yet, or one that has not committed in its
+  // term): ask again with a fresh context; and fail reads past their deadline.
+  void RetryReads() {
+    if (read_in_flight && ++read_in_flight->ticks >= kReadRetryTicks) {
+      for (auto& w : read_in_flight->waiters) reads_unasked.push_back(std::move(w));
+      read_in_flight.reset();
+    }
+    auto now = Clock::now();
+    auto expire = [&](std::vector<ReadWaiter>& ws) {
+      auto keep = std::stable_partition(ws.begin(), ws.end(),
+                                        [&](const ReadWaiter& w) { return w.deadline > now; });
+      for (auto it = keep; it != ws.end(); ++it) {
+        Answer(std::move(it->done),
+               Status::Unavailable("no leader confirmed this read within " +
+                                   std::to_string(opts.proposal_timeout_ms) + " ms"));
+      }
+      ws.erase(keep, ws.end());
+    };
+    expire(reads_unasked);
+    if (read_in_flight) expire(read_in_flight->waiters);
+    for (auto& [index, ws] : reads_confirmed) expire(ws);
+    AskReadIndex();
+  }
+
+  size_t ReadsWaiting() const {
+    size_t n = reads_unasked.size() + (read_in_flight ? read_in_flight->waiters.size() : 0);
+    for (const auto& [index, ws] : reads_confirmed) n += ws.size();
+    return n;
+  }
+
+  // ---- requests to the leader (on `loop`)
+
+  void AskLeaderHere(std::string request, RaftLogCallbacks::Reply done) {
+    const raft::NodeStatus st = node->status();
+    if (st.leader == 0) return AnswerAsk(std::move(done), NotLeader());
+    if (st.leader == opts.node_id) {
+      return executor.Post([self = shared_from_this(), request = std::move(request),
+                            done = std::move(done)]() mutable {
+        self->ServeLeaderRequest(request, std::move(done));
+      });
+    }
+    auto to = peers.find(st.leader);
+    if (to == peers.end()) return AnswerAsk(std::move(done), NotLeader());
+    if (asks.size() >= opts.max_pending_proposals) {
+      return AnswerAsk(std::move(done), Status::Unavailable("too many requests to the leader"));
+    }
+    uint64_t id = next_ask_id++;
+    asks[id] = {std::move(done),
+                Clock::now() + std::chrono::milliseconds(opts.proposal_timeout_ms)};
+    pb::PeerFrame f;
+    f.mutable_leader_request()->set_id(id);
+    f.mutable_leader_request()->set_data(std::move(request));
+    SendFrame(to->second, f);
+  }
+
+  // On the executor.
+  void ServeLeaderRequest(const std::string& request, RaftLogCallbacks::Reply reply) {
+    if (!cb.on_leader_request) {
+      return reply(Status::Unavailable("this node takes no requests as leader"));
+    }
+    cb.on_leader_request(request, std::move(reply));
+  }
+
+  void OnLeaderRequest(const std::string& from_address, const pb::LeaderRequest& req) {
+    if (from_address.empty()) return;
+    auto send_reply = [self = shared_from_this(), from_address,
+                       id = req.id()](Result<std::string> r) {
+      self->loop.Post([self, from_address, id, r = std::move(r)] {
+        pb::PeerFrame f;
+        auto* rep = f.mutable_leader_reply();
+        rep->set_id(id);
+        rep->set_code(static_cast<int32_t>(r.ok() ? Code::kOk : r.status().code()));
+        if (r.ok()) rep->set_data(*r);
+        if (!r.ok()) rep->set_message(r.status().message());
+        self->SendFrame(from_address, f);
+      });
+    };
+    if (!is_leader) return send_reply(NotLeader());
+    executor.Post([self = shared_from_this(), data = req.data(), send_reply]() mutable {
+      self->ServeLeaderRequest(data, std::move(send_reply));
+    });
+  }
+
+  void OnLeaderReply(const pb::LeaderReply& rep) {
+    auto it = asks.find(rep.id());
+    if (it == asks.end()) return;  // expired
+    RaftLogCallbacks::Reply done = std::move(it->second.done);
+    asks.erase(it);
+    if (rep.code() == 0) return AnswerAsk(std::move(done), rep.data());
+    bool known = rep.code() > 0 && rep.code() <= static_cast<int32_t>(Code::kInternal);
+    AnswerAsk(std::move(done),
+              Status(known ? static_cast<Code>(rep.code()) : Code::kInternal, rep.message()));
+  }
+
+  void AnswerAsk(RaftLogCallbacks::Reply done, Result<std::string> r) {
+    executor.Post([done = std::move(done), r = std::move(r)] { done(r); });
+  }
+
+  void ExpireAsks() {
+    auto now = Clock::now();
+    for (auto it = asks.begin(); it != asks.end();) {
+      if (it->second.deadline > now) {
+        ++it;
+        continue;
+      }
+      AnswerAsk(std::move(it->second.done),
+                Status::Unavailable("the leader did not answer within " +
+                                    std::to_string(opts.proposal_timeout_ms) + " ms"));
+      it = asks.erase(it);
+    }
+  }
+
+  void FailAsks(const std::string& why) {
+    for (auto& [id, a] : asks) AnswerAsk(std::move(a.done), Status::Unavailable(why));
+    asks.clear();
+  }
+
   void UpdateStatus() {
     std::lock_guard lock(status_mu);
     status_cache.node = node->status();
     status_cache.peers = peers;
+    status_contact = status_cache.node.leader == 0 ? std::optional<Clock::time_point>()
+                     : is_leader                   ? std::optional(Clock::time_point::max())
+                                                   : std::optional(last_leader_contact);
   }
 };
 
@@ -468,6 +671,7 @@ Status RaftLog::Start() {
   im.peers = im.opts.peers;
   uint64_t snap_index = loaded->initial.snapshot ? loaded->initial.snapshot->index() : 0;
   im.confs.Reset(snap_index, loaded->initial.conf);
+  im.handed_out = snap_index;
   if (loaded->data) {
     pb::SnapshotData data;
     if (!data.ParseFromString(*loaded->data)) return Status::IoError("snapshot data is corrupt");
@@ -553,6 +757,32 @@ void RaftLog::Propose(std::string data, DoneFn done) {
   });
 }
 
+void RaftLog::ReadBarrier(std::function<void(Status)> done) {
+  Impl& im = *impl_;
+  if (im.stopped) return im.executor.Post([done] { done(Status::Unavailable("shutting down")); });
+  auto deadline = Clock::now() + std::chrono::milliseconds(im.opts.proposal_timeout_ms);
+  im.loop.Post([impl = impl_, done = std::move(done), deadline]() mutable {
+    if (impl->failed) return impl->Answer(std::move(done), Status::IoError("raft storage failed"));
+    if (impl->ReadsWaiting() >= impl->opts.max_pending_proposals) {
+      return impl->Answer(std::move(done), Status::Unavailable("too many reads waiting"));
+    }
+    impl->reads_unasked.push_back({std::move(done), deadline});
+    impl->AskReadIndex();
+  });
+}
+
+void RaftLog::AskLeader(std::string request, RaftLogCallbacks::Reply done) {
+  Impl& im = *impl_;
+  if (im.stopped) return im.executor.Post([done] { done(Status::Unavailable("shutting down")); });
+  if (request.size() > Impl::kMaxAskBytes) {
+    return im.executor.Post(
+        [done] { done(Status::TooLarge("a request to the leader is limited to 64 KiB")); });
+  }
+  im.loop.Post([impl = impl_, request = std::move(request), done = std::move(done)]() mutable {
+    impl->AskLeaderHere(std::move(request), std::move(done));
+  });
+}
+
 void RaftLog::SaveSnapshotAsync(uint64_t index, std::string state) {
   impl_->loop.Post([impl = impl_.get(), index, state = std::move(state)]() mutable {
     auto term = impl->store.Term(index);
@@ -614,6 +844,12 @@ std::string RaftLog::raft_address() const {
 RaftLogStatus RaftLog::status() const {
   std::lock_guard lock(impl_->status_mu);
   RaftLogStatus s = impl_->status_cache;
+  if (const auto& at = impl_->status_contact; at) {
+    s.last_leader_contact_ms =
+        *at == Clock::time_point::max()
+            ? 0
+            : std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - *at).count();
+  }
   return s;
 }
 

@@ -36,6 +36,9 @@ struct RaftLogStatus {
   raft::NodeStatus node;
   std::map<uint64_t, std::string> peers;  // as known now
   uint64_t pending_proposals = 0;
+  // Milliseconds since this node last heard from the leader: 0 on the leader, -1 when no leader
+  // has been heard from (Consul's X-Consul-LastContact).
+  int64_t last_leader_contact_ms = -1;
 };
 
 // What the log calls on the node's executor.
@@ -46,6 +49,10 @@ struct RaftLogCallbacks {
   std::function<void(uint64_t index, const std::string& state)> on_restore;
   // This node became the leader (true) or stopped being it (false). May be empty.
   std::function<void(bool leader)> on_leadership;
+  // On the leader: a request another node made with AskLeader (or this one, while it leads).
+  // `reply` may be called later, from the executor, exactly once. May be empty (Unavailable).
+  using Reply = std::function<void(Result<std::string>)>;
+  std::function<void(const std::string& request, Reply reply)> on_leader_request;
 };
 
 class RaftLog final : public ReplicatedLog {
@@ -64,6 +71,15 @@ class RaftLog final : public ReplicatedLog {
   void Stop();
 
   void Propose(std::string data, DoneFn done) override;
+  // Linearizable read barrier (ReadIndex, Raft dissertation 6.4): `done` runs on the executor once
+  // this node has applied every entry committed before the call, so a read made then sees every
+  // write acknowledged before the call anywhere; or with Unavailable when no leader confirms it
+  // within the proposal timeout. Concurrent calls share one round trip to the leader.
+  void ReadBarrier(std::function<void(Status)> done);
+  // Sends `request` to the leader's on_leader_request (no log write); `done` runs on the executor
+  // with its reply, or Unavailable when no leader is known, it changes, or no reply comes within
+  // the proposal timeout.
+  void AskLeader(std::string request, RaftLogCallbacks::Reply done);
   // The state machine took a snapshot at `index` (applied): it is stored and the log before it
   // compacted; lagging followers receive it.
   void SaveSnapshotAsync(uint64_t index, std::string state);

@@ -43,6 +43,9 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
   cb.on_commit = [this](uint64_t index, const std::string& d) { Apply(index, d); };
   cb.on_restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
   cb.on_leadership = [this](bool leader) { OnLeadership(leader); };
+  cb.on_leader_request = [this](const std::string& request, RaftLogCallbacks::Reply reply) {
+    OnLeaderRequest(request, std::move(reply));
+  };
   log_ = std::make_unique<RaftLog>(store_, executor_, std::move(cb), opts_.raft);
   auto& reg = metrics::Registry::Default();
   reg.SetCallbackGauge("haven_catalog_nodes", "Nodes in the catalog", {},
@@ -235,7 +238,34 @@ void RegistryNode::OnLeadership(bool leader) {
 void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& status,
                              const std::string& output, std::function<void(Status)> done) {
   HeartbeatCounter().Inc();
-  const pb::Check* check = sm_.GetCheck(opts_.node_name, check_id);
+  if (IsLeader()) return TrackTtlResult(opts_.node_name, check_id, status, output, std::move(done));
+  pb::SetCheckStatus report;
+  report.set_node(opts_.node_name);
+  report.set_check_id(check_id);
+  report.set_status(status);
+  report.set_output(output);
+  log_->AskLeader(report.SerializeAsString(),
+                  [done = std::move(done)](const Result<std::string>& r) {
+                    done(r.ok() ? Status::Ok() : r.status());
+                  });
+}
+
+void RegistryNode::OnLeaderRequest(const std::string& request, RaftLogCallbacks::Reply reply) {
+  pb::SetCheckStatus report;
+  if (!report.ParseFromString(request) || report.node().empty() || report.check_id().empty()) {
+    return reply(Status::InvalidArgument("malformed TTL report"));
+  }
+  TrackTtlResult(report.node(), report.check_id(), report.status(), report.output(),
+                 [reply = std::move(reply)](const Status& s) {
+                   if (s.ok()) return reply(std::string());
+                   reply(s);
+                 });
+}
+
+void RegistryNode::TrackTtlResult(const std::string& node, const std::string& check_id,
+                                  const std::string& status, const std::string& output,
+                                  std::function<void(Status)> done) {
+  const pb::Check* check = sm_.GetCheck(node, check_id);
   if (!check) {
     done(Status::NotFound("Unknown check ID \"" + check_id +
                           "\". Ensure that the check ID is passed, not the check name."));
@@ -245,7 +275,7 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
     done(Status::InvalidArgument("CheckID \"" + check_id + "\" does not have associated TTL"));
     return;
   }
-  auto action = tracker_.OnResult({opts_.node_name, check_id}, status, output, clock_.NowMono());
+  auto action = tracker_.OnResult({node, check_id}, status, output, clock_.NowMono());
   if (!action.ok()) {
     done(action.status());
     return;
@@ -257,13 +287,17 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
   }
   pb::Command cmd;
   auto* set = cmd.mutable_set_check_status();
-  set->set_node(opts_.node_name);
+  set->set_node(node);
   set->set_check_id(check_id);
   set->set_status((*action)->status);
   set->set_output((*action)->output);
   Propose(std::move(cmd), [done = std::move(done)](const Result<registry::ApplyResult>& r) {
     done(r.ok() ? Status::Ok() : r.status());
   });
+}
+
+void RegistryNode::ReadBarrier(std::function<void(Status)> done) {
+  log_->ReadBarrier(std::move(done));
 }
 
 Status RegistryNode::RenewSession(const std::string& id) {
@@ -306,7 +340,10 @@ void RegistryNode::OnHealthTimer() {
   if (stopped_) return;
   MonoMs now = clock_.NowMono();
   for (const auto& a : tracker_.Tick(now)) ProposeHealthAction(a);
-  for (const auto& key : tracker_.DueProbes(now)) RunProbe(key);
+  // Only the leader probes (its results are the ones written); the others keep the schedule.
+  for (const auto& key : tracker_.DueProbes(now)) {
+    if (IsLeader()) RunProbe(key);
+  }
   ArmHealthTimer();
 }
 

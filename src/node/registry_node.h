@@ -48,9 +48,14 @@ class RegistryNode {
   // Stamps the time, appends the command to the log and answers once it is applied (or failed).
   // A rejected command (ApplyResult::status not ok) is reported as an error Result.
   void Propose(registry::pb::Command cmd, ProposeDone done);
-  // A TTL heartbeat (/v1/agent/check/pass|warn|fail|update). Writes only when the status changes.
+  // A TTL heartbeat (/v1/agent/check/pass|warn|fail|update) for a check of this node. The leader
+  // tracks TTLs, so a follower passes it on to the leader (no log write); the leader writes only
+  // when the status changes.
   void UpdateTtl(const std::string& check_id, const std::string& status, const std::string& output,
                  std::function<void(Status)> done);
+  // Runs `done` once this node has applied everything committed before the call (a linearizable
+  // read point), or with Unavailable when no leader confirms it in time.
+  void ReadBarrier(std::function<void(Status)> done);
   // Session renewal: resets its TTL. NotFound if the session does not exist.
   Status RenewSession(const std::string& id);
 
@@ -72,6 +77,11 @@ class RegistryNode {
   // one decides.
   bool IsLeader() const;
   void OnLeadership(bool leader);
+  // A follower's TTL heartbeat (a serialized SetCheckStatus), on the leader.
+  void OnLeaderRequest(const std::string& request, RaftLogCallbacks::Reply reply);
+  void TrackTtlResult(const std::string& node, const std::string& check_id,
+                      const std::string& status, const std::string& output,
+                      std::function<void(Status)> done);
   void Apply(uint64_t index, const std::string& data);
   void AfterApply(const registry::ApplyResult& r);
   void MaybeSnapshot();

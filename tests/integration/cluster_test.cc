@@ -547,5 +547,89 @@ TEST_F(ClusterTest, PausedLeaderStepsDownAndLosesNothing) {
   for (int i = 0; i < kNodes; ++i) ExpectAllAckedOn(i, "cl/pause/", acked);
 }
 
+// Default reads on a follower wait for what the leader had committed (ReadIndex), so a write
+// acknowledged by one node is read back at once on any other; ?stale answers locally and says how
+// fresh it is; ?consistent works everywhere; asking for both is a 400.
+TEST_F(ClusterTest, ReadsOnAnyNodeSeeEveryAcknowledgedWrite) {
+  constexpr int kRounds = 60;
+  auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);
+  ASSERT_TRUE(leader.has_value()) << DescribeViews();
+  const std::vector<int> followers = AllBut(*leader);
+  std::vector<Api> apis;
+  for (int i = 0; i < kNodes; ++i) apis.emplace_back(Url(i), kWriteTimeoutMs);
+  for (int k = 0; k < kRounds; ++k) {
+    const int writer = k % kNodes;
+    const int reader = followers[static_cast<size_t>(k) % followers.size()];
+    const std::string key = "/v1/kv/ryw/" + std::to_string(k);
+    const std::string value = "value-" + std::to_string(k);
+    Reply put = apis[static_cast<size_t>(writer)].Put(key, value);
+    ASSERT_EQ(put.status, 200) << put.body;
+    const bool consistent = k % 2 == 1;
+    Reply get =
+        apis[static_cast<size_t>(reader)].Get(key + (consistent ? "?raw&consistent" : "?raw"));
+    ASSERT_EQ(get.status, 200) << "n" << reader + 1 << " did not see a write n" << writer + 1
+                               << " acknowledged: " << get.body;
+    EXPECT_EQ(get.body, value) << "n" << reader + 1;
+  }
+  Reply kv = apis[static_cast<size_t>(followers[0])].Get("/v1/kv/ryw/0");
+  ASSERT_EQ(kv.status, 200);
+  EXPECT_EQ(kv.Header("x-consul-effective-consistency"), "leader");
+  EXPECT_EQ(kv.Header("x-consul-knownleader"), "true");
+
+  Reply stale = apis[static_cast<size_t>(followers[0])].Get("/v1/kv/ryw/0?stale");
+  ASSERT_EQ(stale.status, 200) << stale.body;
+  EXPECT_EQ(stale.Header("x-consul-effective-consistency"), "stale");
+  EXPECT_EQ(stale.Header("x-consul-knownleader"), "true");
+  const std::string contact = stale.Header("x-consul-lastcontact");
+  ASSERT_FALSE(contact.empty());
+  // Heartbeats come every tick (100 ms): a follower heard from the leader very recently.
+  EXPECT_LT(std::stoll(contact), 1000) << "last contact " << contact << " ms ago";
+  Reply on_leader = apis[static_cast<size_t>(*leader)].Get("/v1/kv/ryw/0?stale");
+  EXPECT_EQ(on_leader.Header("x-consul-lastcontact"), "0");
+
+  Reply both = apis[static_cast<size_t>(followers[0])].Get("/v1/kv/ryw/0?stale&consistent");
+  EXPECT_EQ(both.status, 400) << both.body;
+  EXPECT_NE(both.body.find("conflicting"), std::string::npos) << both.body;
+}
+
+// TTL checks are tracked by the leader: heartbeats sent to the follower that registered the check
+// must reach it, or the leader lets the TTL expire although the service is alive.
+TEST_F(ClusterTest, TtlHeartbeatsSentToAFollowerKeepTheCheckPassing) {
+  constexpr int64_t kWatchMs = 4000;  // four TTLs
+  constexpr int64_t kBeatEveryMs = 300;
+  auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);
+  ASSERT_TRUE(leader.has_value()) << DescribeViews();
+  const int follower = AllBut(*leader)[0];
+  Api on_follower(Url(follower), kWriteTimeoutMs);
+  Api on_leader(Url(*leader), kWriteTimeoutMs);
+  Reply reg = on_follower.Put("/v1/agent/service/register",
+                              R"({"ID":"beat1","Name":"beat","Port":1,"Check":{"TTL":"1s"}})");
+  ASSERT_EQ(reg.status, 200) << reg.body;
+  Reply pass = on_follower.Put("/v1/agent/check/pass/service:beat1");
+  ASSERT_EQ(pass.status, 200) << pass.body;
+  ASSERT_TRUE(WaitFor([&] { return CheckStatus(on_leader, "beat", "service:beat1") == "passing"; },
+                      5000, 20));
+  const int64_t start = NowMs();
+  int64_t next_beat = start;
+  std::string seen = "passing";
+  while (NowMs() - start < kWatchMs && seen == "passing") {
+    if (NowMs() >= next_beat) {
+      Reply r = on_follower.Put("/v1/agent/check/pass/service:beat1");
+      ASSERT_EQ(r.status, 200) << r.body;
+      next_beat += kBeatEveryMs;
+    }
+    seen = CheckStatus(on_leader, "beat", "service:beat1");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a poll interval, not a wait
+  }
+  EXPECT_EQ(seen, "passing") << "the leader let the TTL expire after " << NowMs() - start
+                             << " ms of heartbeats sent to follower n" << follower + 1;
+  // And when the heartbeats stop, the leader does expire it.
+  EXPECT_TRUE(WaitFor([&] { return CheckStatus(on_leader, "beat", "service:beat1") == "critical"; },
+                      5000, 20));
+  // An unknown check through a follower gets the leader's 404.
+  Reply unknown = on_follower.Put("/v1/agent/check/pass/no-such-check");
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+}
+
 }  // namespace
 }  // namespace haven::itest

@@ -203,6 +203,12 @@ Result<ExitInfo> ServerProcess::Terminate(int64_t deadline_ms) {
   return info;
 }
 
+void ServerProcess::Reconfigure(ServerSpec spec) {
+  http_ = std::move(spec.http);
+  node_name_ = std::move(spec.node_name);
+  extra_args_ = std::move(spec.extra_args);
+}
+
 Status ServerProcess::Restart(int64_t deadline_ms) {
   Status s = Kill();
   if (!s.ok()) return s;
@@ -264,7 +270,15 @@ Reply Api::Do(std::string_view method, std::string_view target, std::string_view
     r.index = std::strtoull(idx->c_str(), nullptr, 10);
   }
   if (const std::string* ct = res->Header("content-type")) r.content_type = *ct;
+  r.headers = std::move(res->headers);
   return r;
+}
+
+std::string Reply::Header(std::string_view lowercase_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lowercase_name) return value;
+  }
+  return "";
 }
 
 // ---- JSON and metrics helpers ----

@@ -86,6 +86,9 @@ class ServerProcess {
   Status Restart(int64_t deadline_ms = 15000);
   // Sends `sig` (e.g. SIGSTOP/SIGCONT to pause and resume). A no-op when not running.
   void Signal(int sig);
+  // The flags of the next Start/Restart (the data dir stays), e.g. to move a member to new
+  // addresses. Does not touch a running child.
+  void Reconfigure(ServerSpec spec);
 
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
@@ -117,7 +120,10 @@ struct Reply {
   std::string body;
   uint64_t index = 0;  // X-Consul-Index, 0 when absent
   std::string content_type;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lowercase
   bool ok() const { return status == 200; }
+  // The value of header `lowercase_name`, "" when absent.
+  std::string Header(std::string_view lowercase_name) const;
 };
 
 // A thin wrapper around haven::net::HttpClient for one server.

@@ -1,4 +1,5 @@
 #include "cli/cluster_commands.h"
+#include "cli/cluster_recover.h"
 
 #include <chrono>
 #include <iostream>
@@ -192,6 +193,16 @@ int RunRemove(const ClientOptions& opts, const std::string& id) {
   return kOk;
 }
 
+int RunUpdate(const ClientOptions& opts, const std::string& id, const std::string& address) {
+  if (!ValidId(id)) return Usage("bad ID \"" + id + "\": expected 1 .. 2^62");
+  if (!ValidHostPort(address)) return Usage("bad address \"" + address + "\": HOST:PORT");
+  if (!Call(opts, "POST", "/v1/operator/raft/peer/address?id=" + id + "&address=" + address)) {
+    return kFailed;
+  }
+  std::cout << "node " << id << " is now at " << address << "\n";
+  return kOk;
+}
+
 int RunTransfer(const ClientOptions& opts, const std::string& id) {
   if (!id.empty() && !ValidId(id)) return Usage("bad ID \"" + id + "\": expected 1 .. 2^62");
   std::string target = "/v1/operator/raft/transfer-leader";
@@ -211,7 +222,8 @@ int RunTransfer(const ClientOptions& opts, const std::string& id) {
 }  // namespace
 
 void AddClusterCommands(CLI::App& app, ClientOptions& opts) {
-  auto* cluster = app.add_subcommand("cluster", "Raft membership: status, add, remove, transfer");
+  auto* cluster = app.add_subcommand(
+      "cluster", "Raft membership: status, add, remove, update, transfer, recover");
   cluster->require_subcommand(1);
 
   cluster->add_subcommand("status", "List the members with their address and role")
@@ -232,11 +244,21 @@ void AddClusterCommands(CLI::App& app, ClientOptions& opts) {
   r->add_option("id", *remove_id, "Raft id of the member")->required();
   r->final_callback([&opts, remove_id] { opts.exit_code = RunRemove(opts, *remove_id); });
 
+  auto update = std::make_shared<std::pair<std::string, std::string>>();
+  auto* u = cluster->add_subcommand(
+      "update", "Record a member's new raft address (a node restarted elsewhere keeps its id)");
+  u->add_option("id", update->first, "Raft id of the member")->required();
+  u->add_option("address", update->second, "Its new raft address HOST:PORT (its --raft)")
+      ->required();
+  u->final_callback(
+      [&opts, update] { opts.exit_code = RunUpdate(opts, update->first, update->second); });
+
   auto to = std::make_shared<std::string>();
   auto* t = cluster->add_subcommand("transfer-leader",
                                     "Move leadership to ID (default: the most caught-up voter)");
   t->add_option("id", *to, "Raft id of the new leader");
   t->final_callback([&opts, to] { opts.exit_code = RunTransfer(opts, *to); });
+  AddClusterRecoverCommand(*cluster, opts);
 }
 
 }  // namespace haven::cli

@@ -192,6 +192,7 @@ ConsulApi::ConsulApi(RegistryNode& node, ConsulApiOptions opts)
       {"GET", "/v1/operator/raft/configuration", &ConsulApi::OperatorRaftConfiguration},
       {"DELETE", "/v1/operator/raft/peer", &ConsulApi::OperatorRaftPeerRemove},
       {"PUT", "/v1/operator/raft/peer", &ConsulApi::OperatorRaftPeerAdd},
+      {"PUT", "/v1/operator/raft/peer/address", &ConsulApi::OperatorRaftPeerAddress},
       {"PUT", "/v1/operator/raft/transfer-leader", &ConsulApi::OperatorRaftTransferLeader},
   };
 }
@@ -833,6 +834,29 @@ void ConsulApi::OperatorRaftPeerAdd(const HttpRequest& req, const std::string&,
   }
   raft::pb::ConfChange cc;
   cc.set_type(voter ? raft::pb::CONF_ADD_VOTER : raft::pb::CONF_ADD_LEARNER);
+  cc.set_node_id(*id);
+  cc.set_context(addr);
+  node_.ChangeMembership(
+      std::move(cc), [respond](const Status& s) { respond(s.ok() ? Text(200, "") : Error(s)); });
+}
+
+// haven's: ?id=ID&address=HOST:PORT records a member's new raft address in the log (a node moved
+// to another address keeps its id and data), so every member, also after a restart, reaches it
+// there. The member keeps its role.
+void ConsulApi::OperatorRaftPeerAddress(const HttpRequest& req, const std::string&,
+                                        Responder& respond) {
+  auto id = QueryMemberId(req, true);
+  if (!id.ok()) return respond(Error(id.status()));
+  const std::string* addr_q = req.Query("address");
+  std::string addr = addr_q ? *addr_q : "";
+  if (Status s = CheckRaftAddress(addr); !s.ok()) return respond(Error(s));
+  RaftLogStatus st = node_.raft_status();
+  bool is_voter = Contains(st.node.conf.voters(), *id);
+  if (!is_voter && !Contains(st.node.conf.learners(), *id)) {
+    return respond(Text(404, "node " + std::to_string(*id) + " is not a member"));
+  }
+  raft::pb::ConfChange cc;
+  cc.set_type(is_voter ? raft::pb::CONF_ADD_VOTER : raft::pb::CONF_ADD_LEARNER);
   cc.set_node_id(*id);
   cc.set_context(addr);
   node_.ChangeMembership(

@@ -73,10 +73,12 @@ class ConsulApi {
   void StatusLeader(const net::HttpRequest&, const std::string&, net::Responder&);
   void StatusPeers(const net::HttpRequest&, const std::string&, net::Responder&);
   void Metrics(const net::HttpRequest&, const std::string&, net::Responder&);
-  // operator (Consul's raft configuration and peer removal; haven's add/promote and transfer)
+  // operator (Consul's raft configuration and peer removal; haven's add/promote, address update
+  // and transfer)
   void OperatorRaftConfiguration(const net::HttpRequest&, const std::string&, net::Responder&);
   void OperatorRaftPeerRemove(const net::HttpRequest&, const std::string&, net::Responder&);
   void OperatorRaftPeerAdd(const net::HttpRequest&, const std::string&, net::Responder&);
+  void OperatorRaftPeerAddress(const net::HttpRequest&, const std::string&, net::Responder&);
   void OperatorRaftTransferLeader(const net::HttpRequest&, const std::string&, net::Responder&);
 
   // A GET of the replicated state, in the consistency mode the query asks (?stale, ?consistent).

@@ -668,6 +668,10 @@ Status RaftLog::Start() {
   for (const auto& [id, addr] : im.opts.peers) bootstrap.add_voters(id);
   auto loaded = LoadRaftState(im.store, bootstrap);
   if (!loaded.ok()) return loaded.status();
+  // Ephemeral ports (":0") are not addresses anyone can use; those are learned from frames.
+  for (const auto& [id, addr] : im.opts.peers) {
+    if (!addr.ends_with(":0")) loaded->initial.bootstrap_context[id] = addr;
+  }
   im.peers = im.opts.peers;
   uint64_t snap_index = loaded->initial.snapshot ? loaded->initial.snapshot->index() : 0;
   im.confs.Reset(snap_index, loaded->initial.conf);

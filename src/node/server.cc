@@ -5,16 +5,15 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <memory>
 
 #include "base/clock.h"
 #include "base/log.h"
-#include "base/uuid.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
 #include "node/consul_api.h"
+#include "node/data_dir.h"
 #include "node/registry_node.h"
 #include "storage/log_store.h"
 
@@ -45,27 +44,6 @@ std::string HostName() {
   std::array<char, 256> buf{};
   if (gethostname(buf.data(), buf.size() - 1) != 0 || buf[0] == '\0') return "haven";
   return buf.data();
-}
-
-// The node's UUID lives in the data dir so that it survives restarts, as Consul's node-id file
-// does.
-Result<std::string> LoadOrCreateNodeId(const std::string& data_dir) {
-  std::string path = data_dir + "/node-id";
-  if (std::ifstream in(path); in) {
-    std::string id;
-    std::getline(in, id);
-    if (id.size() == 36) return id;
-    return Status::InvalidArgument(path + " does not hold a UUID; delete it to make a new one");
-  }
-  std::string id = NewUuid();
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << id << "\n";
-    if (!out.flush()) return Status::IoError("cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return Status::IoError("cannot create " + path);
-  return id;
 }
 
 }  // namespace
@@ -140,7 +118,11 @@ int RunServer(const ServerOptions& opts) {
   sigaddset(&shutdown_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &shutdown_signals, nullptr);
 
-  auto store = storage::OpenRocksLogStore(opts.data_dir + "/raft");
+  if (Status s = ClaimRaftId(opts.data_dir, opts.raft_node_id); !s.ok()) {
+    HLOG_ERROR("bad_flag", "flag=--node-id error=\"{}\"", s.message());
+    return 2;
+  }
+  auto store = storage::OpenRocksLogStore(RaftStoreDir(opts.data_dir));
   if (!store.ok()) {
     HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir,
                store.status().message());

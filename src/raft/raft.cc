@@ -95,7 +95,7 @@ Raft::Raft(const Config& config, const InitialState& state) : config_(config) {
   term_ = state.hard_state.term();
   vote_ = state.hard_state.vote();
   prev_hard_state_ = state.hard_state;
-  if (IsFresh(state)) Bootstrap();
+  if (IsFresh(state)) Bootstrap(state.bootstrap_context);
   BecomeFollower(term_, 0);
   prev_soft_state_ = SoftState{lead_, role_};
 }
@@ -109,11 +109,12 @@ bool Raft::IsFresh(const InitialState& s) {
 
 // A brand-new cluster member writes the initial conf into the log as committed conf-change
 // entries of term 1 (etcd's bootstrap), so a node joining later learns the voters from the log.
-void Raft::Bootstrap() {
+void Raft::Bootstrap(const std::map<uint64_t, std::string>& contexts) {
   auto add = [&](uint64_t id, pb::ConfChangeType type) {
     pb::ConfChange cc;
     cc.set_type(type);
     cc.set_node_id(id);
+    if (auto it = contexts.find(id); it != contexts.end()) cc.set_context(it->second);
     pb::Entry e;
     e.set_term(1);
     e.set_index(log_.last_index() + 1);

@@ -58,7 +58,7 @@ class Raft final : public RawNode {
     std::set<uint64_t> acks;
   };
 
-  void Bootstrap();
+  void Bootstrap(const std::map<uint64_t, std::string>& contexts);
 
   // Roles.
   void BecomeFollower(uint64_t term, uint64_t lead);

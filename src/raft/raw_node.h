@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,6 +53,9 @@ struct InitialState {
   // The snapshot's data, if the shell has it at hand: a restarted leader can then send it to
   // followers behind its log (otherwise only after the shell's next Compact).
   std::optional<std::string> snapshot_data;
+  // A brand-new node's bootstrap conf-change entries carry these contexts (the shell's member
+  // addresses), so that the log alone says where every member is, also after a restart.
+  std::map<uint64_t, std::string> bootstrap_context;
 };
 
 // A linearizable read is safe at `index` once the state machine applied it.

@@ -21,28 +21,6 @@ namespace json = boost::json;
 
 constexpr int64_t kLeaderDeadlineMs = 10'000;
 constexpr int64_t kConvergeDeadlineMs = 10'000;
-constexpr int64_t kCliTimeoutSecs = 60;  // bounds one CLI run (its own requests time out first)
-
-struct CliResult {
-  int code = -1;
-  std::string out;  // stdout and stderr
-};
-
-// Runs `haven ARGS` (bounded by timeout(1)) and captures its output and exit code.
-CliResult RunCli(const std::vector<std::string>& args) {
-  std::string cmd = "timeout " + std::to_string(kCliTimeoutSecs) + " " + HAVEN_BINARY;
-  for (const auto& a : args) cmd += " '" + a + "'";
-  cmd += " 2>&1";
-  CliResult r;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.out.append(buf, n);
-  int status = pclose(f);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 // True when this build's `haven server` has the flag (a joining node needs one that starts it
 // with no bootstrap voters).

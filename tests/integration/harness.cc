@@ -281,6 +281,21 @@ std::string Reply::Header(std::string_view lowercase_name) const {
   return "";
 }
 
+CliResult RunCli(const std::vector<std::string>& args, int timeout_secs) {
+  std::string cmd = "timeout " + std::to_string(timeout_secs) + " " + HAVEN_BINARY;
+  for (const auto& a : args) cmd += " '" + a + "'";
+  cmd += " 2>&1";
+  CliResult r;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.out.append(buf, n);
+  int status = pclose(f);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 // ---- JSON and metrics helpers ----
 
 json::value ParseJson(std::string_view text) {

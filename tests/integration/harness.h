@@ -144,6 +144,14 @@ class Api {
   std::unique_ptr<Impl> impl_;
 };
 
+// What one `haven ...` CLI run printed (stdout and stderr) and its exit code (-1: it did not exit).
+struct CliResult {
+  int code = -1;
+  std::string out;
+};
+// Runs the haven binary with `args`, bounded by timeout(1) (its own requests time out first).
+CliResult RunCli(const std::vector<std::string>& args, int timeout_secs = 60);
+
 // Parses JSON; returns a null value on bad input (the test then fails on what it expected).
 boost::json::value ParseJson(std::string_view text);
 

@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 HTTP ?= 127.0.0.1:8500
 DATA_DIR ?= ./haven-data
 
-.PHONY: all deps configure build test unit run bench-registry bench-proxy format tidy clean
+.PHONY: all deps configure build test unit run bench-registry bench-proxy bench-cluster format tidy clean
 
 all: build
 
@@ -37,6 +37,10 @@ bench-registry:
 bench-proxy:
 	./scripts/install-deps.sh --bench
 	./bench/proxy/run.sh
+
+bench-cluster:
+	./scripts/install-deps.sh --bench
+	./bench/cluster/run.sh
 
 format:
 	find src tests bench -name '*.h' -o -name '*.cc' | xargs clang-format -i

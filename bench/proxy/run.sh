@@ -30,11 +30,8 @@ ROUNDS="${ROUNDS:-1}"
 START_DEADLINE_S=30
 BACKENDS=3
 
-log() { echo "run.sh: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# shellcheck source=../lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 in_range() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]; }
 
@@ -78,17 +75,6 @@ LINE=""
 PROXY_CPUS=""
 LOAD_CPUS=""
 
-stop_pid() {
-  local pid="$1"
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   stop_pid "$WRK_PID"

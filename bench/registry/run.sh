@@ -19,11 +19,8 @@ VALUE_SIZE="${VALUE_SIZE:-16}"
 ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
 START_DEADLINE_S=30
 
-log() { echo "run.sh: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# shellcheck source=../lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 # --- build -----------------------------------------------------------------------------------------
 build() {
@@ -42,17 +39,6 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/haven-bench.XXXXXX")"
 ETCD_PID=""
 HAVEN_PID=""
 
-stop_pid() {
-  local pid="$1"
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   stop_pid "$HAVEN_PID"

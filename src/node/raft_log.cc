@@ -453,7 +453,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
         HLOG_ERROR("bad_log_entry", "index={} bytes={}", e.index(), e.data().size());
         continue;
       }
-      cb.on_commit(e.index(), p.data());
+      cb.on_commit(e.index(), static_cast<Machine>(p.machine()), p.data());
       if (p.origin() != opts.node_id) continue;
       auto it = pending.find(p.seq());
       if (it == pending.end()) continue;  // timed out already
@@ -739,7 +739,7 @@ void RaftLog::Stop() {
   });
 }
 
-void RaftLog::Propose(std::string data, DoneFn done) {
+void RaftLog::Propose(Machine machine, std::string data, DoneFn done) {
   Impl& im = *impl_;
   if (im.stopped) {
     done(Status::Unavailable("server is shutting down"), 0);
@@ -749,6 +749,7 @@ void RaftLog::Propose(std::string data, DoneFn done) {
   p.set_origin(im.opts.node_id);
   p.set_seq(im.next_seq++);
   p.set_data(std::move(data));
+  p.set_machine(static_cast<uint32_t>(machine));
   // Registered on the executor first, so its commit (also on the executor) always finds it.
   im.executor.Post([impl = impl_, p = std::move(p), done = std::move(done)]() mutable {
     if (impl->pending.size() >= impl->opts.max_pending_proposals) {

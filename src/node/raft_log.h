@@ -70,7 +70,7 @@ class RaftLog final : public ReplicatedLog {
   // Fails pending proposals with Unavailable and stops the thread and the transport.
   void Stop();
 
-  void Propose(std::string data, DoneFn done) override;
+  void Propose(Machine machine, std::string data, DoneFn done) override;
   // Linearizable read barrier (ReadIndex, Raft dissertation 6.4): `done` runs on the executor once
   // this node has applied every entry committed before the call, so a read made then sees every
   // write acknowledged before the call anywhere; or with Unavailable when no leader confirms it

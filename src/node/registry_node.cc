@@ -32,21 +32,18 @@ metrics::Counter& HeartbeatCounter() {
 
 }  // namespace
 
-RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
-                           storage::LogStore& store, const Clock& clock)
-    : opts_(std::move(opts)),
-      executor_(executor),
-      store_(store),
-      clock_(clock),
-      watches_(executor) {
-  RaftLogCallbacks cb;
-  cb.on_commit = [this](uint64_t index, const std::string& d) { Apply(index, d); };
-  cb.on_restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
-  cb.on_leadership = [this](bool leader) { OnLeadership(leader); };
-  cb.on_leader_request = [this](const std::string& request, RaftLogCallbacks::Reply reply) {
+RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor, NodeLog& log,
+                           const Clock& clock)
+    : opts_(std::move(opts)), executor_(executor), clock_(clock), watches_(executor), log_(log) {
+  MachineHooks hooks;
+  hooks.apply = [this](uint64_t index, const std::string& d) { Apply(index, d); };
+  hooks.take_snapshot = [this] { return sm_.TakeSnapshot().SerializeAsString(); };
+  hooks.restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
+  hooks.on_leadership = [this](bool leader) { OnLeadership(leader); };
+  log_.Register(Machine::kRegistry, std::move(hooks));
+  log_.SetLeaderRequestHandler([this](const std::string& request, RaftLogCallbacks::Reply reply) {
     OnLeaderRequest(request, std::move(reply));
-  };
-  log_ = std::make_unique<RaftLog>(store_, executor_, std::move(cb), opts_.raft);
+  });
   auto& reg = metrics::Registry::Default();
   reg.SetCallbackGauge("haven_catalog_nodes", "Nodes in the catalog", {},
                        [this] { return static_cast<double>(sm_.NodeCount()); });
@@ -61,24 +58,24 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor,
   reg.SetCallbackGauge("haven_raft_applied_index", "Index of the last applied log entry", {},
                        [this] { return static_cast<double>(sm_.last_applied()); });
   reg.SetCallbackGauge("haven_raft_is_leader", "1 while this node is the Raft leader", {}, [this] {
-    return log_->status().node.role == raft::Role::kLeader ? 1.0 : 0.0;
+    return log_.raft().status().node.role == raft::Role::kLeader ? 1.0 : 0.0;
   });
   reg.SetCallbackGauge("haven_raft_term", "Current Raft term", {},
-                       [this] { return static_cast<double>(log_->status().node.term); });
+                       [this] { return static_cast<double>(log_.raft().status().node.term); });
   reg.SetCallbackGauge("haven_raft_commit_index", "Highest log index known committed", {},
-                       [this] { return static_cast<double>(log_->status().node.commit); });
+                       [this] { return static_cast<double>(log_.raft().status().node.commit); });
   reg.SetCallbackGauge("haven_raft_leader_id", "Raft id of the leader this node follows (0: none)",
-                       {}, [this] { return static_cast<double>(log_->status().node.leader); });
+                       {},
+                       [this] { return static_cast<double>(log_.raft().status().node.leader); });
 }
 
 RegistryNode::~RegistryNode() = default;
 
-Status RegistryNode::Start() {
-  if (Status s = log_->Start(); !s.ok()) return s;
+void RegistryNode::Start() {
   // Behind the re-applied log on the executor.
   executor_.Post([this] {
     HLOG_INFO("recovered", "snapshot_index={} applied_index={} services={} checks={} kv={}",
-              last_snapshot_index_, sm_.last_applied(), sm_.ServiceCount(), sm_.CheckCount(),
+              log_.snapshot_index(), sm_.last_applied(), sm_.ServiceCount(), sm_.CheckCount(),
               sm_.KVCount());
     TrackEverything();
     RegisterSelf();
@@ -86,7 +83,6 @@ Status RegistryNode::Start() {
     reap_up_to_ = sm_.last_applied();
     ArmTombstoneReaper();
   });
-  return Status::Ok();
 }
 
 void RegistryNode::Stop() {
@@ -100,7 +96,6 @@ void RegistryNode::Stop() {
     done.set_value();
   });
   done.get_future().wait();
-  log_->Stop();
 }
 
 void RegistryNode::TrackEverything() {
@@ -145,23 +140,25 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
   }
   cmd.set_now_unix_ms(clock_.NowUnixMs());
   std::string data = cmd.SerializeAsString();
-  log_->Propose(std::move(data), [this, done = std::move(done)](const Status& s, uint64_t index) {
-    if (!s.ok()) {
-      done(s);
-      return;
-    }
-    if (index != last_result_index_) {
-      done(Status::Internal("no apply result for index " + std::to_string(index)));
-      return;
-    }
-    registry::ApplyResult r = std::move(last_result_);
-    last_result_index_ = 0;
-    if (!r.status.ok()) {
-      done(r.status);
-      return;
-    }
-    done(std::move(r));
-  });
+  log_.raft().Propose(
+      Machine::kRegistry, std::move(data),
+      [this, done = std::move(done)](const Status& s, uint64_t index) {
+        if (!s.ok()) {
+          done(s);
+          return;
+        }
+        if (index != last_result_index_) {
+          done(Status::Internal("no apply result for index " + std::to_string(index)));
+          return;
+        }
+        registry::ApplyResult r = std::move(last_result_);
+        last_result_index_ = 0;
+        if (!r.status.ok()) {
+          done(r.status);
+          return;
+        }
+        done(std::move(r));
+      });
 }
 
 void RegistryNode::Apply(uint64_t index, const std::string& data) {
@@ -190,23 +187,15 @@ void RegistryNode::AfterApply(const registry::ApplyResult& r) {
   for (const auto& id : r.sessions_changed) tracker_.OnSessionChanged(id, sm_.GetSession(id), now);
   if (!r.changed.empty()) watches_.OnTablesChanged(r.changed);
   ArmHealthTimer();
-  MaybeSnapshot();
-}
-
-void RegistryNode::MaybeSnapshot() {
-  if (sm_.last_applied() < last_snapshot_index_ + opts_.snapshot_every_entries) return;
-  last_snapshot_index_ = sm_.last_applied();
-  log_->SaveSnapshotAsync(last_snapshot_index_, sm_.TakeSnapshot().SerializeAsString());
 }
 
 void RegistryNode::Restore(uint64_t index, const std::string& state) {
-  pb::Snapshot snap;
+  pb::Snapshot snap;  // empty state: an empty registry
   if (!snap.ParseFromString(state)) {
     HLOG_ERROR("bad_snapshot", "index={} bytes={}", index, state.size());
     return;
   }
   sm_.Restore(snap);
-  last_snapshot_index_ = index;
   last_result_index_ = 0;
   TrackEverything();
   watches_.OnTablesChanged({registry::Table::kNodes, registry::Table::kServices,
@@ -217,12 +206,12 @@ void RegistryNode::Restore(uint64_t index, const std::string& state) {
 }
 
 void RegistryNode::ChangeMembership(raft::pb::ConfChange cc, std::function<void(Status)> done) {
-  log_->ChangeMembership(std::move(cc), std::move(done));
+  log_.raft().ChangeMembership(std::move(cc), std::move(done));
 }
 
 void RegistryNode::TransferLeadership(uint64_t to, int64_t timeout_ms,
                                       std::function<void(Status)> done) {
-  log_->TransferLeadershipAndWait(to, timeout_ms, std::move(done));
+  log_.raft().TransferLeadershipAndWait(to, timeout_ms, std::move(done));
 }
 
 bool RegistryNode::IsLeader() const { return leader_; }
@@ -244,10 +233,10 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
   report.set_check_id(check_id);
   report.set_status(status);
   report.set_output(output);
-  log_->AskLeader(report.SerializeAsString(),
-                  [done = std::move(done)](const Result<std::string>& r) {
-                    done(r.ok() ? Status::Ok() : r.status());
-                  });
+  log_.raft().AskLeader(report.SerializeAsString(),
+                        [done = std::move(done)](const Result<std::string>& r) {
+                          done(r.ok() ? Status::Ok() : r.status());
+                        });
 }
 
 void RegistryNode::OnLeaderRequest(const std::string& request, RaftLogCallbacks::Reply reply) {
@@ -297,7 +286,7 @@ void RegistryNode::TrackTtlResult(const std::string& node, const std::string& ch
 }
 
 void RegistryNode::ReadBarrier(std::function<void(Status)> done) {
-  log_->ReadBarrier(std::move(done));
+  log_.raft().ReadBarrier(std::move(done));
 }
 
 Status RegistryNode::RenewSession(const std::string& id) {

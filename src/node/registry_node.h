@@ -10,11 +10,10 @@
 
 #include "base/clock.h"
 #include "net/io_runtime.h"
-#include "node/raft_log.h"
+#include "node/node_log.h"
 #include "node/watch_hub.h"
 #include "registry/health_tracker.h"
 #include "registry/state_machine.h"
-#include "storage/log_store.h"
 
 namespace haven::node {
 
@@ -22,26 +21,25 @@ struct RegistryNodeOptions {
   std::string node_name;
   std::string node_id;  // a UUID kept in the data dir (Consul's node ID)
   std::string advertise_address = "127.0.0.1";
-  uint64_t snapshot_every_entries = 20'000;  // log entries between two snapshots
   int64_t probe_timeout_ceiling_ms = 60'000;
   // Tombstones of deleted keys (for blocking queries) are reaped after this long (1 to 2 periods).
   int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
-  RaftLogOptions raft;  // the registry's Raft group (a cluster of one by default)
 };
 
 class RegistryNode {
  public:
   using ProposeDone = std::function<void(Result<registry::ApplyResult>)>;
 
-  RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor, storage::LogStore& store,
+  // Registers itself on `log` (as Machine::kRegistry); construct before log.Start().
+  RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor, NodeLog& log,
                const Clock& clock);
   ~RegistryNode();
 
-  // Starts the Raft log (which restores the latest snapshot and re-applies the committed log after
-  // it), registers this node (with its serfHealth check) and arms health timers. The executor
-  // must be running.
-  Status Start();
-  // Answers parked queries, stops timers and the log writer. Call from outside the executor.
+  // After log.Start() (which restored the latest snapshot and re-applied the log): registers this
+  // node (with its serfHealth check) and arms health timers. The executor must be running.
+  void Start();
+  // Answers parked queries and stops timers, before the log stops. Call from outside the
+  // executor.
   void Stop();
 
   // --- on the executor thread only ---
@@ -64,7 +62,7 @@ class RegistryNode {
   void TransferLeadership(uint64_t to, int64_t timeout_ms, std::function<void(Status)> done);
 
   const registry::StateMachine& state() const { return sm_; }
-  RaftLogStatus raft_status() const { return log_->status(); }
+  RaftLogStatus raft_status() const { return log_.raft().status(); }
   WatchHub& watches() { return watches_; }
   const std::string& node_name() const { return opts_.node_name; }
   const std::string& advertise_address() const { return opts_.advertise_address; }
@@ -84,7 +82,6 @@ class RegistryNode {
                       std::function<void(Status)> done);
   void Apply(uint64_t index, const std::string& data);
   void AfterApply(const registry::ApplyResult& r);
-  void MaybeSnapshot();
   void TrackEverything();
   void RegisterSelf();
   void ArmHealthTimer();
@@ -98,19 +95,17 @@ class RegistryNode {
 
   RegistryNodeOptions opts_;
   net::IoRuntime& executor_;
-  storage::LogStore& store_;
   const Clock& clock_;
   registry::StateMachine sm_;
   registry::HealthTracker tracker_;
   WatchHub watches_;
-  std::unique_ptr<RaftLog> log_;
+  NodeLog& log_;
   bool leader_ = false;  // as the log last said (on the executor)
   // The outcome of the entry applied last. The log calls a proposal's DoneFn right after applying
   // its entry (ReplicatedLog's contract), so one slot serves every proposal, and entries nobody
   // here awaits (replay, other nodes' proposals) leave nothing behind.
   uint64_t last_result_index_ = 0;
   registry::ApplyResult last_result_;
-  uint64_t last_snapshot_index_ = 0;
   std::shared_ptr<net::Timer> health_timer_;
   MonoMs health_timer_at_ = 0;
   std::shared_ptr<net::Timer> reap_timer_;

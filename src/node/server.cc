@@ -14,6 +14,7 @@
 #include "net/io_runtime.h"
 #include "node/consul_api.h"
 #include "node/data_dir.h"
+#include "node/node_log.h"
 #include "node/registry_node.h"
 #include "storage/log_store.h"
 
@@ -142,18 +143,18 @@ int RunServer(const ServerOptions& opts) {
   node_opts.node_id = *node_id;
   node_opts.advertise_address =
       opts.advertise_address.empty() ? http->host : opts.advertise_address;
-  node_opts.snapshot_every_entries = opts.snapshot_every_entries;
   node_opts.tombstone_ttl_ms = opts.tombstone_ttl_ms;
-  node_opts.raft.node_id = opts.raft_node_id;
-  node_opts.raft.listen = opts.raft;
+  RaftLogOptions raft_opts;
+  raft_opts.node_id = opts.raft_node_id;
+  raft_opts.listen = opts.raft;
   if (opts.join) {
     if (!opts.peers.empty()) {
       HLOG_ERROR("bad_flag", "flag=--join error=\"--join and --peers exclude each other\"");
       return 2;
     }
-    node_opts.raft.peers = {};  // no bootstrap voters: the leader's log or snapshot says who
+    raft_opts.peers = {};  // no bootstrap voters: the leader's log or snapshot says who
   } else if (opts.peers.empty()) {
-    node_opts.raft.peers = {{opts.raft_node_id, opts.raft}};
+    raft_opts.peers = {{opts.raft_node_id, opts.raft}};
   } else {
     auto peers = ParsePeers(opts.peers);
     if (!peers.ok() || !peers->count(opts.raft_node_id)) {
@@ -162,9 +163,10 @@ int RunServer(const ServerOptions& opts) {
           peers.ok() ? "--peers must include this node's --node-id" : peers.status().message());
       return 2;
     }
-    node_opts.raft.peers = *peers;
+    raft_opts.peers = *peers;
   }
-  RegistryNode node(node_opts, io, **store, clock);
+  NodeLog log(**store, io, raft_opts, opts.snapshot_every_entries);
+  RegistryNode node(node_opts, io, log, clock);
 
   net::HttpServerOptions http_opts;
   http_opts.host = http->host;
@@ -183,12 +185,13 @@ int RunServer(const ServerOptions& opts) {
   ConsulApiOptions api_opts;
   api = std::make_unique<ConsulApi>(node, api_opts);
   io.Start();
-  if (Status s = node.Start(); !s.ok()) {
+  if (Status s = log.Start(); !s.ok()) {
     HLOG_ERROR("start_failed", "dir={} error=\"{}\"", opts.data_dir, s.ToString());
     server.Stop();
     io.Stop();
     return 1;
   }
+  node.Start();
   HLOG_INFO("listening", "http={} node={} raft_id={} data_dir={}", server.address(),
             node_opts.node_name, opts.raft_node_id, opts.data_dir);
 
@@ -198,6 +201,7 @@ int RunServer(const ServerOptions& opts) {
   HandOffLeadership(node, io);
   server.Stop();
   node.Stop();
+  log.Stop();
   io.Stop();
   HLOG_INFO("stopped", "applied_index={}", node.state().last_applied());
   return 0;

@@ -62,7 +62,7 @@ struct Member {
     o.tick_ms = 20;
     o.proposal_timeout_ms = 3000;
     RaftLogCallbacks cb;
-    cb.on_commit = [this](uint64_t index, const std::string& data) {
+    cb.on_commit = [this](uint64_t index, Machine, const std::string& data) {
       std::lock_guard lock(mu);
       applied.emplace_back(index, data);
     };
@@ -86,7 +86,7 @@ struct Member {
   // Proposes and waits for the answer.
   Status ProposeAndWait(const std::string& data) {
     std::promise<Status> p;
-    log->Propose(data, [&](Status s, uint64_t) { p.set_value(s); });
+    log->Propose(Machine::kRegistry, data, [&](Status s, uint64_t) { p.set_value(s); });
     return p.get_future().get();
   }
 };
@@ -207,7 +207,7 @@ TEST(RaftLogSingleNodeTest, ConcurrentProposalsShareFsyncsAndCommitInLogOrder) {
   io.Start();
   std::vector<uint64_t> committed;  // only touched on the executor
   RaftLogCallbacks cb;
-  cb.on_commit = [&](uint64_t index, const std::string&) { committed.push_back(index); };
+  cb.on_commit = [&](uint64_t index, Machine, const std::string&) { committed.push_back(index); };
   cb.on_restore = [](uint64_t, const std::string&) {};
   RaftLog log(store, io, std::move(cb), SingleNode());
   ASSERT_TRUE(log.Start().ok());
@@ -218,10 +218,11 @@ TEST(RaftLogSingleNodeTest, ConcurrentProposalsShareFsyncsAndCommitInLogOrder) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
-        log.Propose("t" + std::to_string(t) + "-" + std::to_string(i), [&](Status s, uint64_t) {
-          if (s.ok()) ok++;
-          if (++done == kTotal) all_done.set_value();
-        });
+        log.Propose(Machine::kRegistry, "t" + std::to_string(t) + "-" + std::to_string(i),
+                    [&](Status s, uint64_t) {
+                      if (s.ok()) ok++;
+                      if (++done == kTotal) all_done.set_value();
+                    });
       }
     });
   }
@@ -248,14 +249,14 @@ TEST(RaftLogSingleNodeTest, ProposalsAfterStopFailUnavailable) {
   net::IoRuntime io(1);
   io.Start();
   RaftLogCallbacks cb;
-  cb.on_commit = [](uint64_t, const std::string&) {};
+  cb.on_commit = [](uint64_t, Machine, const std::string&) {};
   cb.on_restore = [](uint64_t, const std::string&) {};
   RaftLog log(store, io, std::move(cb), SingleNode());
   ASSERT_TRUE(log.Start().ok());
   log.Stop();
   uint64_t last = store.LastIndex();
   std::promise<Status> result;
-  log.Propose("late", [&](Status s, uint64_t) { result.set_value(s); });
+  log.Propose(Machine::kRegistry, "late", [&](Status s, uint64_t) { result.set_value(s); });
   auto f = result.get_future();
   ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EQ(f.get().code(), Code::kUnavailable);

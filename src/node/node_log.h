@@ -1,0 +1,63 @@
+// NodeLog: the node's one Raft log and the state machines that share it (the registry, the
+// queues). It routes each committed entry to the machine it is tagged for, snapshots every machine
+// at one index (so the log before it can be compacted) and restores them together. One log means
+// one fsync carries registry and queue writes alike, and membership is administered once.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "net/io_runtime.h"
+#include "node/raft_log.h"
+#include "storage/log_store.h"
+
+namespace haven::node {
+
+// What a state machine gives the log (all called on the executor).
+struct MachineHooks {
+  std::function<void(uint64_t index, const std::string& data)> apply;
+  std::function<std::string()> take_snapshot;
+  // `state` is empty for a snapshot taken before this machine existed: start empty.
+  std::function<void(uint64_t index, const std::string& state)> restore;
+  std::function<void(bool leader)> on_leadership;  // may be empty
+};
+
+class NodeLog {
+ public:
+  NodeLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogOptions opts,
+          uint64_t snapshot_every_entries);
+  ~NodeLog();
+  NodeLog(const NodeLog&) = delete;
+  NodeLog& operator=(const NodeLog&) = delete;
+
+  // Before Start. The registry also answers the leader requests (followers' TTL heartbeats).
+  void Register(Machine machine, MachineHooks hooks);
+  void SetLeaderRequestHandler(
+      std::function<void(const std::string&, RaftLogCallbacks::Reply)> handler);
+  // Starts the Raft log: restores the latest snapshot into every machine and re-applies the log.
+  Status Start();
+  void Stop();
+
+  RaftLog& raft() { return *raft_; }
+  // The index of the latest snapshot restored or taken (on the executor).
+  uint64_t snapshot_index() const { return last_snapshot_index_; }
+  const RaftLog& raft() const { return *raft_; }
+
+ private:
+  void Apply(uint64_t index, Machine machine, const std::string& data);
+  void Restore(uint64_t index, const std::string& state);
+  void MaybeSnapshot(uint64_t index);
+
+  net::IoRuntime& executor_;
+  uint64_t snapshot_every_;
+  std::map<Machine, MachineHooks> machines_;
+  std::function<void(const std::string&, RaftLogCallbacks::Reply)> leader_requests_;
+  std::unique_ptr<RaftLog> raft_;
+  uint64_t last_snapshot_index_ = 0;  // on the executor
+};
+
+}  // namespace haven::node

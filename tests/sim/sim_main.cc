@@ -20,12 +20,15 @@ struct Args {
   bool unsafe = false;
   bool figure8 = false;
   bool strict = false;
+  haven::sim::WorkloadKind workload = haven::sim::WorkloadKind::kRegistry;
+  haven::sim::QueueBug bug = haven::sim::QueueBug::kNone;
 };
 
 void Usage() {
   std::cerr << "usage: haven-sim [--seeds N --from S | --seed S [--trace]] [--nodes 3|5]\n"
                "                 [--steps TICKS] [--unsafe-commit-old-terms] [--figure8]\n"
-               "                 [--strict-core]\n";
+               "                 [--strict-core] [--workload registry|queues]\n"
+               "                 [--queue-bug ack-keeps|requeue-drops]\n";
 }
 
 bool ParseNumber(const char* s, int64_t lo, int64_t hi, int64_t* out) {
@@ -71,6 +74,22 @@ bool Parse(int argc, char** argv, Args* a) {
       a->figure8 = true;
     } else if (f == "--strict-core") {
       a->strict = true;
+    } else if (f == "--workload" && i + 1 < argc) {
+      std::string w = argv[++i];
+      if (w != "registry" && w != "queues") {
+        std::cerr << "haven-sim: --workload is registry or queues\n";
+        return false;
+      }
+      a->workload =
+          w == "queues" ? haven::sim::WorkloadKind::kQueues : haven::sim::WorkloadKind::kRegistry;
+    } else if (f == "--queue-bug" && i + 1 < argc) {
+      std::string b = argv[++i];
+      if (b != "ack-keeps" && b != "requeue-drops") {
+        std::cerr << "haven-sim: --queue-bug is ack-keeps or requeue-drops\n";
+        return false;
+      }
+      a->bug = b == "ack-keeps" ? haven::sim::QueueBug::kAckKeepsMessage
+                                : haven::sim::QueueBug::kRequeueDrops;
     } else {
       std::cerr << "haven-sim: unknown flag " << f << "\n";
       return false;
@@ -87,6 +106,8 @@ haven::sim::SimOptions OptionsFor(const Args& a, uint64_t seed) {
   o.trace = a.trace;
   o.core_workarounds = !a.strict;
   if (a.figure8) o.faults = haven::sim::Figure8Faults();
+  o.workload = a.workload;
+  o.queue_bug = a.bug;
   return o;
 }
 
@@ -97,6 +118,9 @@ std::string ReplayCommand(const Args& a, const haven::sim::SimOptions& o) {
   if (a.unsafe) cmd += " --unsafe-commit-old-terms";
   if (a.figure8) cmd += " --figure8";
   if (a.strict) cmd += " --strict-core";
+  if (a.workload == haven::sim::WorkloadKind::kQueues) cmd += " --workload queues";
+  if (a.bug == haven::sim::QueueBug::kAckKeepsMessage) cmd += " --queue-bug ack-keeps";
+  if (a.bug == haven::sim::QueueBug::kRequeueDrops) cmd += " --queue-bug requeue-drops";
   return cmd;
 }
 
@@ -123,6 +147,10 @@ int main(int argc, char** argv) {
     total.ops_unknown += r.stats.ops_unknown;
     total.snapshots_installed += r.stats.snapshots_installed;
     total.conf_changes += r.stats.conf_changes;
+    total.confirmed += r.stats.confirmed;
+    total.deliveries += r.stats.deliveries;
+    total.redeliveries += r.stats.redeliveries;
+    total.acks += r.stats.acks;
     if (!r.ok) {
       std::cout << "FAIL seed=" << o.seed << " nodes=" << o.nodes << ": " << r.reason << "\n"
                 << "replay: " << ReplayCommand(a, o) << std::endl;
@@ -132,8 +160,12 @@ int main(int argc, char** argv) {
       std::cout << "ok seed=" << o.seed << " nodes=" << o.nodes << " events=" << r.stats.events
                 << " committed=" << r.stats.committed << " elections=" << r.stats.elections
                 << " crashes=" << r.stats.crashes << " ops=" << r.stats.ops_ok << "+"
-                << r.stats.ops_unknown << "?" << (r.stats.lin_undecided ? " lin=undecided" : "")
-                << "\n";
+                << r.stats.ops_unknown << "?" << (r.stats.lin_undecided ? " lin=undecided" : "");
+      if (a.workload == haven::sim::WorkloadKind::kQueues) {
+        std::cout << " confirmed=" << r.stats.confirmed << " deliveries=" << r.stats.deliveries
+                  << " redeliveries=" << r.stats.redeliveries << " acks=" << r.stats.acks;
+      }
+      std::cout << "\n";
     }
     undecided += r.stats.lin_undecided ? 1 : 0;
   }
@@ -146,7 +178,13 @@ int main(int argc, char** argv) {
               << " committed=" << total.committed
               << " snapshots_installed=" << total.snapshots_installed
               << " conf_changes=" << total.conf_changes << " ops=" << total.ops_ok << "+"
-              << total.ops_unknown << "? linearizability_undecided=" << undecided << "\n";
+              << total.ops_unknown << "?";
+    if (a.workload == haven::sim::WorkloadKind::kQueues) {
+      std::cout << " confirmed=" << total.confirmed << " deliveries=" << total.deliveries
+                << " redeliveries=" << total.redeliveries << " acks=" << total.acks << "\n";
+    } else {
+      std::cout << " linearizability_undecided=" << undecided << "\n";
+    }
   }
   return 0;
 }

@@ -12,62 +12,19 @@
 #include <vector>
 
 #include "base/log.h"
-#include "linearizability.h"
 #include "raft/raw_node.h"
-#include "registry/registry.pb.h"
-#include "registry/state_machine.h"
+#include "sim_rng.h"
+#include "workload.h"
 
 namespace haven::sim {
 namespace {
 
 namespace rpb = haven::raft::pb;
-namespace gpb = haven::registry::pb;
 
 // Every limit the simulator keeps so that a misbehaving core cannot make a seed run forever.
 constexpr uint64_t kMaxEvents = 5'000'000;
 constexpr size_t kMaxQueuedEvents = 2'000'000;
-constexpr size_t kMaxHistoryOps = 20'000;
 constexpr size_t kMaxNodes = 16;  // nodes ever created: each membership cycle adds one
-
-// xoshiro256**, seeded with splitmix64: fast, and the same sequence on every platform.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) {
-    for (auto& s : s_) {
-      seed += 0x9e3779b97f4a7c15ULL;
-      uint64_t z = seed;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-      s = z ^ (z >> 31);
-    }
-  }
-  uint64_t Next() {
-    uint64_t result = Rotl(s_[1] * 5, 7) * 9;
-    uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = Rotl(s_[3], 45);
-    return result;
-  }
-  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
-  bool Chance(double p) { return Uniform() < p; }
-  // In [lo, hi].
-  int64_t Range(int64_t lo, int64_t hi) {
-    if (hi <= lo) return lo;
-    return lo + static_cast<int64_t>(Next() % static_cast<uint64_t>(hi - lo + 1));
-  }
-  template <typename T>
-  const T& Pick(const std::vector<T>& v) {
-    return v[static_cast<size_t>(Next() % v.size())];
-  }
-
- private:
-  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
-};
 
 // What a node's disk holds. `boot_conf` is written when the node is created: the initial voters
 // of a new cluster, or nothing for a node that joins later.
@@ -153,39 +110,19 @@ struct Node {
   uint64_t incarnation = 0;  // bumped by crash/wipe: events of an older life are ignored
   std::unique_ptr<raft::RawNode> raft;
   Disk disk;
-  registry::StateMachine sm;
   uint64_t applied = 0, applied_term = 0;
   bool syncing = false;
   raft::Ready inflight;
   int64_t tick_us = 10'000;
   bool parked = false;  // not running on purpose: removed for good, or added but not started yet
   raft::Role role = raft::Role::kFollower;
-  std::vector<raft::ReadState> reads;  // confirmed read indexes waiting for apply
-};
-
-enum class Phase { kIdle, kThinking, kProposed, kReading };
-
-struct Client {
-  int id = 0;
-  Phase phase = Phase::kIdle;
-  Op op;
-  uint64_t gen = 0;      // bumped per op, so stale timers are ignored
-  uint64_t attempt = 0;  // bumped per attempt
-  uint64_t node = 0, node_incarnation = 0;
-  raft::ProposalId pid;
-  std::string read_ctx;
-  uint64_t read_index = 0;
-  bool read_confirmed = false;
-  bool maybe_applied = false;  // a proposal was accepted and not known lost
-  int64_t deadline = 0;
-  uint64_t values = 0;
 };
 
 struct CommittedEntry {
   uint64_t term = 0;
   rpb::EntryType type = rpb::ENTRY_NORMAL;
   std::string data;
-  std::string fingerprint;  // the KV state right after applying it
+  std::string fingerprint;  // the replica's state right after applying it (Workload::Fingerprint)
   uint64_t first_node = 0;
   // The term of the first node that applied it, when it did: the leader that committed the entry
   // had this term or an older one. Leaders of later terms must hold it (Leader Completeness);
@@ -198,19 +135,48 @@ struct CommittedEntry {
 // already voted in and, counted by a stale leader's old configuration, elect it.
 enum class MemberPhase { kIdle, kRemoving, kAdding, kPromoting };
 
-class World {
+class World : public Cluster {
  public:
   World(const SimOptions& o, std::ostream* trace)
       : o_(o),
         f_(o.faults),
         rng_(o.seed * 0x2545f4914f6cdd1dULL + 17),
-        trace_(o.trace ? trace : nullptr) {}
+        trace_(o.trace ? trace : nullptr) {
+    w_ = o.workload == WorkloadKind::kQueues ? MakeQueueWorkload(*this)
+                                             : MakeRegistryWorkload(*this);
+  }
 
   SimResult Run();
 
- private:
+  // ---- what the workload sees (Cluster) ----
+  const SimOptions& options() const override { return o_; }
+  SimStats& stats() override { return result_.stats; }
+  Rng& rng() override { return rng_; }
+  int64_t Now() const override { return now_; }
+  bool ok() const override { return result_.ok; }
+  bool Tracing() const override { return trace_ != nullptr; }
+  void TraceLine(const std::string& text) override { Trace(text); }
+  size_t NodeCount() const override { return nodes_.size(); }
+  bool Up(uint64_t id) const override { return Valid(id) && nodes_[id - 1].up; }
+  uint64_t Incarnation(uint64_t id) const override {
+    return Valid(id) ? nodes_[id - 1].incarnation : 0;
+  }
+  uint64_t Applied(uint64_t id) const override { return Valid(id) ? nodes_[id - 1].applied : 0; }
+  Result<raft::ProposalId> Propose(uint64_t id, const std::string& data) override {
+    if (!Up(id)) return Status::Unavailable("node " + std::to_string(id) + " is down");
+    return N(id).raft->Propose(data);
+  }
+  void Pump(uint64_t id) override {
+    if (Up(id)) Pump(N(id));
+  }
+  void ReadIndex(uint64_t id, const std::string& context) override {
+    if (!Up(id)) return;
+    N(id).raft->ReadIndex(context);
+    Pump(N(id));
+  }
+
   // ---- events ----
-  void At(int64_t t, std::function<void()> fn) {
+  void At(int64_t t, std::function<void()> fn) override {
     if (queue_.size() >= kMaxQueuedEvents) {
       Fail("sim: event queue over " + std::to_string(kMaxQueuedEvents));
       return;
@@ -225,7 +191,7 @@ class World {
     (line << ... << parts);
     *trace_ << line.str() << '\n';
   }
-  void Fail(const std::string& reason) {
+  void Fail(const std::string& reason) override {
     if (!result_.ok) return;
     result_.ok = false;
     result_.reason = reason;
@@ -236,6 +202,7 @@ class World {
   // ---- nodes ----
   void CreateNodes();
   Node& N(uint64_t id) { return nodes_[id - 1]; }
+  bool Valid(uint64_t id) const { return id >= 1 && id <= nodes_.size(); }
   uint64_t RandomNode() {
     return static_cast<uint64_t>(rng_.Range(1, static_cast<int64_t>(nodes_.size())));
   }
@@ -253,8 +220,7 @@ class World {
   void CheckPersistedEntries(const Node& n, const std::vector<rpb::Entry>& entries);
   void CheckLeaderCompleteness(const Node& n, uint64_t term);
   void NoteRole(Node& n, const raft::SoftState& s);
-  std::string Fingerprint(const Node& n) const;
-  uint64_t Leader();
+  uint64_t Leader() override;
 
   // ---- network ----
   void Send(const rpb::Message& m);
@@ -269,17 +235,6 @@ class World {
   void Compact(Node& n);
   void MembershipStep();
   void Heal();
-
-  // ---- clients ----
-  void NextOp(Client& c, int64_t delay);
-  void StartOp(Client& c);
-  void Attempt(Client& c, uint64_t node);
-  void RetryElsewhere(Client& c, uint64_t hint);
-  void Complete(Client& c, bool unknown);
-  void OnApplied(Node& n, uint64_t index, uint64_t term);
-  void OnNodeLost(const Node& n);
-  void ServeReads(Node& n);
-  void OpDeadline(Client& c, uint64_t gen);
 
   // ---- final checks ----
   void CheckEnd();
@@ -298,13 +253,10 @@ class World {
   uint64_t seq_ = 0;
   std::map<std::pair<int64_t, uint64_t>, std::function<void()>> queue_;
   std::deque<Node> nodes_;  // a deque: adding a node keeps references to the others valid
-  std::vector<Client> clients_;
-  std::vector<std::string> keys_;
-  std::vector<Op> history_;
+  std::unique_ptr<Workload> w_;
   std::map<std::pair<uint64_t, uint64_t>, int64_t> blocked_;  // (from, to) -> heal time
   std::map<uint64_t, uint64_t> leader_of_term_;
   std::map<uint64_t, CommittedEntry> committed_;
-  std::map<std::string, int> read_waiters_;  // read context -> client
   MemberPhase member_phase_ = MemberPhase::kIdle;
   uint64_t member_victim_ = 0, member_joiner_ = 0;
   int64_t member_next_ = 0;
@@ -364,14 +316,11 @@ void World::Start(Node& n) {
   n.up = true;
   n.syncing = false;
   n.role = raft::Role::kFollower;
-  n.reads.clear();
-  n.sm = registry::StateMachine();
+  w_->OnNodeStarted(n.id);
   n.applied = SnapIndex(d);
   n.applied_term = d.snapshot ? d.snapshot->meta().term() : 0;
-  if (d.snapshot) {
-    gpb::Snapshot s;
-    if (s.ParseFromString(d.snapshot->data())) n.sm.Restore(s);
-  }
+  Status rs = w_->ResetReplica(n.id, d.snapshot ? &d.snapshot->data() : nullptr);
+  if (!rs.ok()) Fail("node " + std::to_string(n.id) + " cannot restore: " + rs.ToString());
   // InitialState carries only the snapshot's metadata: hand the core the whole snapshot again so
   // that, as a leader, it can send it to followers behind its log (without this a restarted
   // leader leaves such a follower behind for good: --strict-core shows it).
@@ -388,7 +337,7 @@ void World::Start(Node& n) {
 
 void World::Crash(Node& n, const char* why) {
   if (!n.up) return;
-  OnNodeLost(n);
+  w_->OnNodeLost(n.id);
   n.up = false;
   n.raft.reset();
   n.syncing = false;
@@ -494,33 +443,22 @@ void World::Finish(Node& n, const raft::Ready& ready) {
     if (!result_.ok) return;
     ApplyEntry(n, e);
   }
-  for (const auto& rs : ready.read_states) n.reads.push_back(rs);
+  for (const auto& rs : ready.read_states) w_->OnReadState(n.id, rs);
   n.raft->Advance(ready);
   if (!ready.committed.empty() && n.role == raft::Role::kLeader && Faulty() &&
       rng_.Chance(f_.p_crash_after_commit)) {
     uint64_t id = n.id;
     At(now_, [this, id] { CrashAndRestart(id, "after-commit"); });
   }
-  ServeReads(n);
-}
-
-std::string World::Fingerprint(const Node& n) const {
-  std::string fp;
-  for (const auto& k : keys_) {
-    const gpb::KVEntry* e = n.sm.GetKV(k);
-    fp += e ? e->value() : std::string("-");
-    fp += '|';
-  }
-  return fp;
+  w_->OnReadyDone(n.id);
 }
 
 void World::InstallSnapshot(Node& n, const rpb::Snapshot& snap) {
-  gpb::Snapshot s;
-  if (!s.ParseFromString(snap.data())) {
-    Fail("core: node " + std::to_string(n.id) + " got an unparseable snapshot");
+  Status restored = w_->InstallSnapshot(n.id, snap.data());
+  if (!restored.ok()) {
+    Fail("core: node " + std::to_string(n.id) + " got a bad snapshot: " + restored.ToString());
     return;
   }
-  n.sm.Restore(s);
   uint64_t index = snap.meta().index();
   if (index < n.applied) {
     Fail("core: node " + std::to_string(n.id) + " installs snapshot " + std::to_string(index) +
@@ -536,14 +474,11 @@ void World::InstallSnapshot(Node& n, const rpb::Snapshot& snap) {
     Fail("snapshot at index " + std::to_string(index) + " has term " +
          std::to_string(snap.meta().term()) + " but the entry committed there has term " +
          std::to_string(it->second.term));
-  } else if (it != committed_.end() && it->second.fingerprint != Fingerprint(n)) {
+  } else if (it != committed_.end() && it->second.fingerprint != w_->Fingerprint(n.id)) {
     Fail("snapshot at index " + std::to_string(index) + " on node " + std::to_string(n.id) +
          " differs from the state applied there");
   }
-  // Proposals the snapshot jumped over: their outcome is not observable here any more.
-  for (auto& c : clients_) {
-    if (c.phase == Phase::kProposed && c.node == n.id && c.pid.index <= index) Complete(c, true);
-  }
+  w_->OnSnapshotInstalled(n.id, index);
 }
 
 void World::ApplyEntry(Node& n, const rpb::Entry& e) {
@@ -553,21 +488,21 @@ void World::ApplyEntry(Node& n, const rpb::Entry& e) {
     return;
   }
   if (e.type() == rpb::ENTRY_NORMAL && !e.data().empty()) {
-    gpb::Command cmd;
-    if (!cmd.ParseFromString(e.data())) {
-      Fail("node " + std::to_string(n.id) + " applies an unparseable entry at " +
-           std::to_string(e.index()));
+    std::string err = w_->Apply(n.id, e.index(), e.data());
+    if (!err.empty()) {
+      Fail("node " + std::to_string(n.id) + " cannot apply the entry at " +
+           std::to_string(e.index()) + ": " + err);
       return;
     }
-    n.sm.Apply(e.index(), cmd);
   }
   n.applied = e.index();
   n.applied_term = e.term();
-  std::string fp = Fingerprint(n);
+  std::string fp = w_->Fingerprint(n.id);
   auto [it, fresh] = committed_.emplace(
       e.index(), CommittedEntry{e.term(), e.type(), e.data(), fp, n.id, n.raft->status().term});
   if (fresh) {
     result_.stats.committed++;
+    w_->OnCommitted(n.id, e.index());
     Trace("commit index=", e.index(), " term=", e.term(), " type=", rpb::EntryType_Name(e.type()),
           " by=", n.id, " state=", fp);
   } else if (it->second.term != e.term() || it->second.data != e.data() ||
@@ -589,7 +524,7 @@ void World::ApplyEntry(Node& n, const rpb::Entry& e) {
     Trace("conf-change node=", n.id, " index=", e.index(), " ", rpb::ConfChangeType_Name(cc.type()),
           " ", cc.node_id());
   }
-  OnApplied(n, e.index(), e.term());
+  w_->OnApplied(n.id, e.index(), e.term());
 }
 
 // A node never rewrites what it already applied: that entry was committed.
@@ -798,7 +733,7 @@ void World::Compact(Node& n) {
   snap.mutable_meta()->set_index(n.applied);
   snap.mutable_meta()->set_term(n.applied_term);
   *snap.mutable_meta()->mutable_conf() = n.raft->status().conf;
-  snap.set_data(n.sm.TakeSnapshot().SerializeAsString());
+  snap.set_data(w_->TakeSnapshot(n.id));
   Status s = n.raft->Compact(snap);
   Trace("compact node=", n.id, " index=", n.applied, " ", s.ok() ? "ok" : s.ToString());
   if (!s.ok()) return;
@@ -887,165 +822,7 @@ void World::Heal() {
   for (auto& n : nodes_) {
     if (!n.up && !n.parked) Start(n);
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients
-
-void World::NextOp(Client& c, int64_t delay) {
-  c.phase = Phase::kThinking;
-  uint64_t gen = ++c.gen;
-  int id = c.id;
-  At(now_ + delay, [this, id, gen] {
-    Client& cl = clients_[static_cast<size_t>(id)];
-    if (cl.gen == gen) StartOp(cl);
-  });
-}
-
-void World::StartOp(Client& c) {
-  // New operations stop early enough for the last ones to finish before the end.
-  if (now_ + o_.op_timeout_us > o_.duration_us + o_.heal_us || history_.size() >= kMaxHistoryOps) {
-    c.phase = Phase::kIdle;
-    return;
-  }
-  c.op = Op{};
-  c.op.client = c.id;
-  c.op.key = rng_.Pick(keys_);
-  c.op.kind = rng_.Chance(0.5) ? OpKind::kPut : OpKind::kGet;
-  if (c.op.kind == OpKind::kPut)
-    c.op.value = "c" + std::to_string(c.id) + "v" + std::to_string(++c.values);
-  c.op.call = now_;
-  c.maybe_applied = false;
-  c.deadline = now_ + o_.op_timeout_us;
-  uint64_t gen = c.gen;
-  int id = c.id;
-  At(c.deadline, [this, id, gen] { OpDeadline(clients_[static_cast<size_t>(id)], gen); });
-  Attempt(c, RandomNode());
-}
-
-void World::Attempt(Client& c, uint64_t node) {
-  c.attempt++;
-  c.node = node;
-  Node& n = N(node);
-  if (!n.up) {
-    RetryElsewhere(c, 0);
-    return;
-  }
-  c.node_incarnation = n.incarnation;
-  if (c.op.kind == OpKind::kPut) {
-    gpb::Command cmd;
-    cmd.set_now_unix_ms(1'700'000'000'000 + now_ / 1000);
-    cmd.mutable_kv()->set_verb(gpb::KVOp::SET);
-    cmd.mutable_kv()->set_key(c.op.key);
-    cmd.mutable_kv()->set_value(c.op.value);
-    auto r = n.raft->Propose(cmd.SerializeAsString());
-    if (!r.ok()) {
-      const std::string& msg = r.status().message();
-      auto pos = msg.find("leader=");
-      uint64_t hint =
-          pos == std::string::npos ? 0 : std::strtoull(msg.c_str() + pos + 7, nullptr, 10);
-      RetryElsewhere(c, hint);
-      return;
-    }
-    c.phase = Phase::kProposed;
-    c.pid = *r;
-    c.maybe_applied = true;
-    Trace("propose client=", c.id, " node=", node, " index=", r->index, " term=", r->term, " ",
-          c.op.key, "=", c.op.value);
-    Pump(n);
-    return;
-  }
-  c.phase = Phase::kReading;
-  c.read_confirmed = false;
-  c.read_ctx =
-      "r" + std::to_string(c.id) + "." + std::to_string(c.gen) + "." + std::to_string(c.attempt);
-  read_waiters_[c.read_ctx] = c.id;
-  n.raft->ReadIndex(c.read_ctx);
-  Pump(n);
-  // A read that gets no answer is retried elsewhere: reads have no effect, so that is safe.
-  uint64_t gen = c.gen, attempt = c.attempt;
-  int id = c.id;
-  At(now_ + 150'000, [this, id, gen, attempt] {
-    Client& cl = clients_[static_cast<size_t>(id)];
-    if (cl.gen == gen && cl.attempt == attempt && cl.phase == Phase::kReading)
-      RetryElsewhere(cl, 0);
-  });
-}
-
-void World::RetryElsewhere(Client& c, uint64_t hint) {
-  read_waiters_.erase(c.read_ctx);
-  c.phase = Phase::kThinking;
-  uint64_t next = hint && hint <= nodes_.size() ? hint : RandomNode();
-  uint64_t gen = c.gen;
-  int id = c.id;
-  At(now_ + rng_.Range(2'000, 20'000), [this, id, gen, next] {
-    Client& cl = clients_[static_cast<size_t>(id)];
-    if (cl.gen == gen && cl.phase == Phase::kThinking) Attempt(cl, next);
-  });
-}
-
-void World::Complete(Client& c, bool unknown) {
-  read_waiters_.erase(c.read_ctx);
-  c.op.unknown = unknown;
-  c.op.ret = unknown ? Op::kNever : now_;
-  if (unknown && c.op.kind == OpKind::kPut && !c.maybe_applied) {
-    // Never accepted by any leader: it certainly had no effect, so it is not history.
-  } else {
-    history_.push_back(c.op);
-  }
-  if (unknown)
-    result_.stats.ops_unknown++;
-  else
-    result_.stats.ops_ok++;
-  Trace("op-done ", DescribeOp(c.op));
-  NextOp(c, rng_.Range(0, 30'000));
-}
-
-void World::OpDeadline(Client& c, uint64_t gen) {
-  if (c.gen != gen || c.phase == Phase::kIdle) return;
-  Complete(c, true);
-}
-
-void World::OnApplied(Node& n, uint64_t index, uint64_t term) {
-  for (auto& c : clients_) {
-    if (c.phase != Phase::kProposed || c.node != n.id || c.pid.index != index) continue;
-    if (c.pid.term == term) {
-      Complete(c, false);
-    } else {
-      c.maybe_applied = false;  // another entry took its place: it never will
-      Trace("proposal-lost client=", c.id, " index=", index);
-      RetryElsewhere(c, 0);
-    }
-  }
-}
-
-void World::ServeReads(Node& n) {
-  if (n.reads.empty()) return;
-  std::vector<raft::ReadState> waiting;
-  for (const auto& rs : n.reads) {
-    auto it = read_waiters_.find(rs.context);
-    if (it == read_waiters_.end()) continue;
-    Client& c = clients_[static_cast<size_t>(it->second)];
-    if (c.phase != Phase::kReading || c.node != n.id || c.read_ctx != rs.context) continue;
-    if (rs.index > n.applied) {
-      waiting.push_back(rs);
-      continue;
-    }
-    const gpb::KVEntry* e = n.sm.GetKV(c.op.key);
-    if (e) c.op.output = e->value();
-    Complete(c, false);
-  }
-  n.reads = std::move(waiting);
-}
-
-void World::OnNodeLost(const Node& n) {
-  for (auto& c : clients_) {
-    if (c.node != n.id) continue;
-    if (c.phase == Phase::kProposed)
-      Complete(c, true);
-    else if (c.phase == Phase::kReading)
-      RetryElsewhere(c, 0);
-  }
+  w_->OnHeal();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1113,18 +890,10 @@ void World::CheckEnd() {
       return;
     }
   }
-  CheckResult lin = CheckLinearizable(history_);
-  result_.stats.lin_steps = lin.steps;
-  if (lin.verdict == Verdict::kNotLinearizable) Fail("linearizability: " + lin.reason);
-  // Undecided is not a failure, but say so in the trace.
-  if (lin.verdict == Verdict::kUndecided) {
-    result_.stats.lin_undecided = true;
-    Trace("linearizability undecided: ", lin.reason);
-  }
+  w_->CheckEnd();
 }
 
 SimResult World::Run() {
-  for (int k = 0; k < o_.keys; ++k) keys_.push_back("k" + std::to_string(k));
   // Per-seed shapes of the core's flow control: one entry per append, small snapshot chunks.
   if (rng_.Chance(0.5)) max_msg_bytes_ = 1;
   if (rng_.Chance(0.3)) max_inflight_ = static_cast<size_t>(rng_.Range(1, 4));
@@ -1133,11 +902,7 @@ SimResult World::Run() {
         " max_inflight=", max_inflight_, " chunk=", chunk_bytes_,
         " unsafe=", o_.unsafe_commit_old_terms ? 1 : 0);
   CreateNodes();
-  clients_.resize(static_cast<size_t>(o_.clients));
-  for (int i = 0; i < o_.clients; ++i) {
-    clients_[static_cast<size_t>(i)].id = i;
-    NextOp(clients_[static_cast<size_t>(i)], rng_.Range(0, 50'000));
-  }
+  w_->Begin();
   At(f_.fault_every_us, [this] { FaultStep(); });
   At(100'000, [this] { MembershipStep(); });
   At(o_.duration_us, [this] { Heal(); });
@@ -1154,10 +919,7 @@ SimResult World::Run() {
       Fail("sim: over " + std::to_string(kMaxEvents) + " events");
   }
   now_ = std::max(now_, end);
-  for (auto& c : clients_) {
-    if (!result_.ok) break;
-    if (c.phase == Phase::kProposed || c.phase == Phase::kReading) Complete(c, true);
-  }
+  if (result_.ok) w_->Finish();
   if (result_.ok) CheckEnd();
   result_.stats.sim_time_us = now_;
   return result_;

@@ -39,14 +39,30 @@ struct FaultProfile {
   int max_down = -1;        // nodes crashed at once; -1 = a minority (nodes / 2)
 };
 
+// The replicated state machine and the clients that drive it.
+enum class WorkloadKind {
+  kRegistry,  // registry::StateMachine; KV puts and reads, checked for linearizability
+  kQueues,    // mq::BrokerState; publishers and consumers, checked for lost and re-acked messages
+};
+
+// Test-only breakage of the queue state machine's handling, applied by the simulator to every
+// replica alike (so the replicas agree): the queue checkers must catch each.
+enum class QueueBug {
+  kNone,
+  kAckKeepsMessage,  // an ack is applied as a no-op: the message stays unacked
+  kRequeueDrops,     // a nack with requeue drops the message instead
+};
+
 struct SimOptions {
   uint64_t seed = 1;
-  int nodes = 3;                     // 3 or 5
-  int64_t duration_us = 10'000'000;  // faulty phase of simulated time
-  int64_t heal_us = 2'000'000;       // then no faults: the cluster must converge
-  int64_t tick_us = 10'000;          // nominal Raft tick
-  int clients = 3;
-  int keys = 3;
+  WorkloadKind workload = WorkloadKind::kRegistry;
+  QueueBug queue_bug = QueueBug::kNone;
+  int nodes = 3;                      // 3 or 5
+  int64_t duration_us = 10'000'000;   // faulty phase of simulated time
+  int64_t heal_us = 2'000'000;        // then no faults: the cluster must converge
+  int64_t tick_us = 10'000;           // nominal Raft tick
+  int clients = 3;                    // registry: KV clients; queues: publishers
+  int keys = 3;                       // registry: keys; queues: queues (each with two consumers)
   int64_t op_timeout_us = 1'000'000;  // an op not confirmed by then has an unknown outcome
   bool unsafe_commit_old_terms = false;
   // RawNode::Create gets only the snapshot's metadata (InitialState.snapshot), so a node restarted
@@ -62,6 +78,8 @@ struct SimStats {
   uint64_t events = 0, messages = 0, dropped = 0, crashes = 0, partitions = 0, compactions = 0;
   uint64_t elections = 0, committed = 0, conf_changes = 0, snapshots_installed = 0;
   uint64_t ops_ok = 0, ops_unknown = 0, lin_steps = 0;
+  // Queue workload: confirmed publishes, deliveries (redelivered ones too) and acks applied.
+  uint64_t confirmed = 0, deliveries = 0, redeliveries = 0, acks = 0;
   bool lin_undecided = false;  // the checker hit its budget: not a failure, but not a proof
   int64_t sim_time_us = 0;
 };

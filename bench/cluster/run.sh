@@ -173,7 +173,7 @@ start_haven_cluster() { # tag
   done
   for i in $(seq 0 $((NODES - 1))); do
     # Defaults kept: fsync before every acknowledgement, default tick and election timeout.
-    "$HAVEN_BIN" server --data-dir "$WORK/$tag-haven$((i + 1))" --http "127.0.0.1:${NODE_HTTP[$i]}" \
+    "$HAVEN_BIN" server --amqp 127.0.0.1:0 --data-dir "$WORK/$tag-haven$((i + 1))" --http "127.0.0.1:${NODE_HTTP[$i]}" \
       --node-name "haven$((i + 1))" --node-id "$((i + 1))" --raft "${NODE_RAFT[$i]}" \
       --peers "$peers" --log-level info 2>"$WORK/$tag-haven$((i + 1)).log" >/dev/null &
     NODE_PID[i]=$!

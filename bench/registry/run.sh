@@ -100,7 +100,7 @@ haven_port_from_log() {
 }
 
 start_haven() {
-  "$HAVEN_BIN" server --data-dir "$WORK/haven" --http 127.0.0.1:0 --node-name bench \
+  "$HAVEN_BIN" server --amqp 127.0.0.1:0 --data-dir "$WORK/haven" --http 127.0.0.1:0 --node-name bench \
     --log-level info 2>"$WORK/haven.log" >/dev/null &
   HAVEN_PID=$!
   wait_for "haven listening line" "$WORK/haven.log" haven_port_from_log

@@ -118,6 +118,12 @@ void Registry::SetCallbackGauge(const std::string& name, const std::string& help
   FamilyFor(name, "gauge", help).callbacks[Key(labels)] = std::move(fn);
 }
 
+void Registry::SetCallbackFamily(const std::string& name, const std::string& help,
+                                 const std::string& type, std::function<Samples()> samples) {
+  std::lock_guard lock(mu_);
+  FamilyFor(name, type, help).samples = std::move(samples);
+}
+
 std::string Registry::RenderPrometheus() const {
   std::lock_guard lock(mu_);
   std::string out;
@@ -126,6 +132,11 @@ std::string Registry::RenderPrometheus() const {
     for (const auto& [k, c] : f.counters) out += name + k + " " + std::to_string(c->Value()) + "\n";
     for (const auto& [k, g] : f.gauges) out += name + k + " " + FormatDouble(g->Value()) + "\n";
     for (const auto& [k, fn] : f.callbacks) out += name + k + " " + FormatDouble(fn()) + "\n";
+    if (f.samples) {
+      for (const auto& [labels, v] : f.samples()) {
+        out += name + Key(labels) + " " + FormatDouble(v) + "\n";
+      }
+    }
     for (const auto& [k, h] : f.histograms) {
       auto counts = h->BucketCounts();
       uint64_t cum = 0;

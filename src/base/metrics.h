@@ -67,6 +67,13 @@ class Registry {
   void SetCallbackGauge(const std::string& name, const std::string& help, const Labels& labels,
                         std::function<double()> fn);
 
+  // A family whose series come and go (one per queue, say), read when /metrics is rendered:
+  // `samples` returns each series' labels and value. `type` is "gauge" or "counter". Replaces an
+  // earlier one of the same name.
+  using Samples = std::vector<std::pair<Labels, double>>;
+  void SetCallbackFamily(const std::string& name, const std::string& help, const std::string& type,
+                         std::function<Samples()> samples);
+
   std::string RenderPrometheus() const;
 
  private:
@@ -77,6 +84,7 @@ class Registry {
     std::map<std::string, std::unique_ptr<Gauge>> gauges;
     std::map<std::string, std::unique_ptr<Histogram>> histograms;
     std::map<std::string, std::function<double()>> callbacks;
+    std::function<Samples()> samples;  // SetCallbackFamily
   };
   Family& FamilyFor(const std::string& name, const std::string& type, const std::string& help);
 

@@ -1,5 +1,6 @@
 #include "cli/client_commands.h"
 
+#include <algorithm>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -214,6 +215,132 @@ void AddKv(CLI::App& app, ClientOptions& opts) {
   });
 }
 
+// --arg NAME=VALUE: a number when VALUE is digits, else a string (x-dead-letter-exchange=dlx).
+Result<json::object> ParseQueueArgs(const std::vector<std::string>& args) {
+  json::object out;
+  for (const auto& a : args) {
+    auto eq = a.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return Status::InvalidArgument("--arg wants NAME=VALUE, got \"" + a + "\"");
+    }
+    std::string value = a.substr(eq + 1);
+    bool digits =
+        !value.empty() && value.size() <= 18 &&
+        std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (digits) {
+      out[a.substr(0, eq)] = std::stoll(value);
+    } else {
+      out[a.substr(0, eq)] = value;
+    }
+  }
+  return out;
+}
+
+void PrintQueues(const json::value& v) {
+  std::cout << fmt::format("{:<32} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10}\n", "QUEUE", "MESSAGES",
+                           "READY", "UNACKED", "CONSUMERS", "PUBLISH/S", "DELIVER/S");
+  if (!v.is_array()) return;
+  auto num = [](const json::value& x) {
+    return x.is_uint64()   ? static_cast<double>(x.as_uint64())
+           : x.is_int64()  ? static_cast<double>(x.as_int64())
+           : x.is_double() ? x.as_double()
+                           : 0.0;
+  };
+  for (const auto& q : v.as_array()) {
+    const auto& o = q.as_object();
+    std::cout << fmt::format("{:<32} {:>10} {:>10} {:>10} {:>9} {:>10.1f} {:>10.1f}\n",
+                             Str(o.at("name")), num(o.at("messages")), num(o.at("messages_ready")),
+                             num(o.at("messages_unacknowledged")), num(o.at("consumers")),
+                             num(o.at("publish_rate")), num(o.at("deliver_rate")));
+  }
+}
+
+void AddMq(CLI::App& app, ClientOptions& opts) {
+  auto* mq =
+      app.add_subcommand("mq", "Queues: list, declare, delete, publish, consume (over HTTP)");
+  mq->require_subcommand(1);
+
+  mq->add_subcommand("list", "Queues with their depth, consumers and rates")
+      ->final_callback([&opts] {
+        auto r = Call(opts, "GET", "/v1/mq/queues");
+        if (!r) return void(opts.exit_code = 1);
+        PrintQueues(ParseOrNull(r->body));
+      });
+
+  struct Args {
+    std::string queue, exchange, key, body;
+    std::vector<std::string> args;
+    bool transient = false;
+    uint64_t count = 1;
+  };
+  auto decl = std::make_shared<Args>();
+  auto* dc = mq->add_subcommand("declare", "Declare a durable (quorum) queue");
+  dc->add_option("queue", decl->queue, "Queue name")->required();
+  dc->add_option("--arg", decl->args, "Queue argument NAME=VALUE, e.g. x-message-ttl=60000");
+  dc->add_flag("--transient", decl->transient, "Not durable");
+  dc->final_callback([&opts, decl] {
+    auto args = ParseQueueArgs(decl->args);
+    if (!args.ok()) {
+      std::cerr << "haven: " << args.status().message() << "\n";
+      return void(opts.exit_code = 2);
+    }
+    json::object body{{"durable", !decl->transient}, {"arguments", *args}};
+    auto r = Call(opts, "PUT", "/v1/mq/queues/" + EscapePath(decl->queue), json::serialize(body));
+    if (!r) return void(opts.exit_code = 1);
+    std::cout << "queue " << decl->queue << " declared\n";
+  });
+
+  auto del = std::make_shared<Args>();
+  auto* dl = mq->add_subcommand("delete", "Delete a queue and its messages");
+  dl->add_option("queue", del->queue, "Queue name")->required();
+  dl->final_callback([&opts, del] {
+    if (!Call(opts, "DELETE", "/v1/mq/queues/" + EscapePath(del->queue))) opts.exit_code = 1;
+  });
+
+  auto pub = std::make_shared<Args>();
+  auto* pb = mq->add_subcommand(
+      "publish", "Publish one persistent message and wait for its confirm (body \"-\": stdin)");
+  pb->add_option("routing-key", pub->key, "Routing key (the queue name on the default exchange)")
+      ->required();
+  pb->add_option("body", pub->body, "Message body")->required();
+  pb->add_option("--exchange", pub->exchange, "Exchange (default: the default exchange)");
+  pb->final_callback([&opts, pub] {
+    std::string body = pub->body;
+    if (body == "-") body.assign(std::istreambuf_iterator<char>(std::cin), {});
+    std::string target = "/v1/mq/publish?routing_key=" + EscapePath(pub->key);
+    if (!pub->exchange.empty()) target += "&exchange=" + EscapePath(pub->exchange);
+    auto r = Call(opts, "PUT", target, body);
+    if (!r) return void(opts.exit_code = 1);
+    auto v = ParseOrNull(r->body);
+    if (!v.is_object() || !v.as_object().at("routed").as_bool()) {
+      std::cerr << "haven: unroutable: no queue is bound for " << pub->key << "\n";
+      return void(opts.exit_code = 1);
+    }
+  });
+
+  auto con = std::make_shared<Args>();
+  auto* cs = mq->add_subcommand("consume", "Take messages off a queue and print their bodies");
+  cs->add_option("queue", con->queue, "Queue name")->required();
+  cs->add_option("--count", con->count, "How many at most (1 to 1000)")->capture_default_str();
+  cs->final_callback([&opts, con] {
+    auto r = Call(
+        opts, "PUT",
+        "/v1/mq/queues/" + EscapePath(con->queue) + "/get?count=" + std::to_string(con->count));
+    if (!r) return void(opts.exit_code = 1);
+    auto v = ParseOrNull(r->body);
+    if (!v.is_array()) return void(opts.exit_code = 1);
+    for (const auto& m : v.as_array()) {
+      const auto& o = m.as_object();
+      std::string payload = Str(o.at("payload"));
+      if (Str(o.at("payload_encoding")) == "base64") {
+        auto decoded = Base64Decode(payload);
+        payload = decoded.ok() ? *decoded : "";
+      }
+      std::cout << payload << "\n";
+    }
+  });
+}
+
 }  // namespace
 
 void AddClientCommands(CLI::App& app, ClientOptions& opts) {
@@ -222,6 +349,7 @@ void AddClientCommands(CLI::App& app, ClientOptions& opts) {
   AddServices(app, opts);
   AddHealth(app, opts);
   AddKv(app, opts);
+  AddMq(app, opts);
 }
 
 int RunClientCommand(const CLI::App&, const ClientOptions& opts) { return opts.exit_code; }

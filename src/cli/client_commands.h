@@ -1,4 +1,5 @@
-// Client subcommands (services, health, kv): thin wrappers over the HTTP API of a running server.
+// Client subcommands (services, health, kv, mq): thin wrappers over the HTTP API of a running
+// server.
 #pragma once
 
 #include <string>
@@ -12,7 +13,8 @@ struct ClientOptions {
   int exit_code = 0;                           // set by the command that ran
 };
 
-// Adds `services list|register|deregister`, `health SERVICE`, `kv get|put|delete` to `app`.
+// Adds `services list|register|deregister`, `health SERVICE`, `kv get|put|delete` and
+// `mq list|declare|delete|publish|consume` to `app`.
 void AddClientCommands(CLI::App& app, ClientOptions& opts);
 // The exit code of the client command that ran during parsing.
 int RunClientCommand(const CLI::App& app, const ClientOptions& opts);

@@ -51,6 +51,10 @@ int Main(int argc, char** argv) {
   server->add_option("--peers", server_opts.peers,
                      "Initial voters ID=HOST:PORT,... including this node (default: a cluster of "
                      "one)");
+  server
+      ->add_option("--amqp", server_opts.amqp,
+                   "AMQP 0-9-1 listener HOST:PORT (port 0: any free port, logged at start)")
+      ->capture_default_str();
   server->add_flag("--join", server_opts.join,
                    "Join an existing cluster (instead of --peers): wait to be added with `haven "
                    "cluster add`");

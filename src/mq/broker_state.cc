@@ -838,18 +838,24 @@ void BrokerState::Recover(const pb::Recover& c, Ctx& ctx) {
   if (consumer->pull) consumers_.erase(c.consumer_id());
 }
 
+// Whether DropOwner `c` drops what `owner` owns.
+static bool DropsOwner(const pb::DropOwner& c, const std::string& owner) {
+  bool match = c.raw_prefix() ? HasPrefix(owner, c.owner()) : OwnedBy(owner, c.owner());
+  return match && (c.except().empty() || !OwnedBy(owner, c.except()));
+}
+
 void BrokerState::DropOwner(const pb::DropOwner& c, Ctx& ctx) {
   if (c.owner().empty()) return ctx.Precondition("DropOwner needs an owner");
   std::vector<std::string> ids;
   for (const auto& [id, consumer] : consumers_) {
-    if (OwnedBy(consumer.owner, c.owner())) ids.push_back(id);
+    if (DropsOwner(c, consumer.owner)) ids.push_back(id);
   }
   for (const std::string& id : ids) {
     if (consumers_.contains(id)) RemoveConsumer(id, ctx);  // an auto-delete may have taken it
   }
   std::vector<std::string> exclusive;
   for (const auto& [name, q] : queues_) {
-    if (!q.def.exclusive_owner().empty() && OwnedBy(q.def.exclusive_owner(), c.owner())) {
+    if (!q.def.exclusive_owner().empty() && DropsOwner(c, q.def.exclusive_owner())) {
       exclusive.push_back(name);
     }
   }

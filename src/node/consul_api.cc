@@ -12,6 +12,7 @@
 #include "base/metrics.h"
 #include "base/uuid.h"
 #include "node/consul_json.h"
+#include "node/http_replies.h"
 
 namespace haven::node {
 
@@ -25,42 +26,6 @@ using registry::Table;
 namespace {
 
 constexpr const char* kVersion = "1.15.0";  // the Consul API version whose behaviour we follow
-
-int HttpCode(const Status& s) {
-  switch (s.code()) {
-    case Code::kOk:
-      return 200;
-    case Code::kInvalidArgument:
-      return 400;
-    case Code::kPermissionDenied:
-      return 403;
-    case Code::kNotFound:
-      return 404;
-    case Code::kMethodNotAllowed:
-      return 405;
-    case Code::kConflict:
-      return 409;
-    case Code::kTooLarge:
-      return 413;
-    case Code::kUnavailable:
-      return 503;
-    case Code::kIoError:
-    case Code::kInternal:
-      return 500;
-  }
-  return 500;
-}
-
-HttpResponse Text(int status, std::string body) {
-  HttpResponse r;
-  r.status = status;
-  r.content_type = "text/plain; charset=utf-8";
-  if (!body.empty() && body.back() != '\n') body += '\n';
-  r.body = std::move(body);
-  return r;
-}
-
-HttpResponse Error(const Status& s) { return Text(HttpCode(s), s.message()); }
 
 HttpResponse Json(const json::value& v, uint64_t index = 0) {
   HttpResponse r;

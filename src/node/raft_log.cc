@@ -751,14 +751,20 @@ void RaftLog::Propose(Machine machine, std::string data, DoneFn done) {
   p.set_data(std::move(data));
   p.set_machine(static_cast<uint32_t>(machine));
   // Registered on the executor first, so its commit (also on the executor) always finds it.
+  // Handlers posted to `loop` hold a raw Impl*: the loop belongs to Impl and is joined in Stop,
+  // while a shared_ptr queued in a stopped loop would keep Impl (and the loop) alive forever.
   im.executor.Post([impl = impl_, p = std::move(p), done = std::move(done)]() mutable {
+    if (impl->stopped) {
+      done(Status::Unavailable("server is shutting down"), 0);
+      return;
+    }
     if (impl->pending.size() >= impl->opts.max_pending_proposals) {
       done(Status::Unavailable("too many proposals in flight"), 0);
       return;
     }
     auto deadline = Clock::now() + std::chrono::milliseconds(impl->opts.proposal_timeout_ms);
     impl->pending[p.seq()] = {std::move(done), deadline};
-    impl->loop.Post([impl, p = std::move(p)] { impl->ProposeHere(p); });
+    impl->loop.Post([raw = impl.get(), p = std::move(p)] { raw->ProposeHere(p); });
   });
 }
 
@@ -766,7 +772,7 @@ void RaftLog::ReadBarrier(std::function<void(Status)> done) {
   Impl& im = *impl_;
   if (im.stopped) return im.executor.Post([done] { done(Status::Unavailable("shutting down")); });
   auto deadline = Clock::now() + std::chrono::milliseconds(im.opts.proposal_timeout_ms);
-  im.loop.Post([impl = impl_, done = std::move(done), deadline]() mutable {
+  im.loop.Post([impl = impl_.get(), done = std::move(done), deadline]() mutable {
     if (impl->failed) return impl->Answer(std::move(done), Status::IoError("raft storage failed"));
     if (impl->ReadsWaiting() >= impl->opts.max_pending_proposals) {
       return impl->Answer(std::move(done), Status::Unavailable("too many reads waiting"));
@@ -783,9 +789,10 @@ void RaftLog::AskLeader(std::string request, RaftLogCallbacks::Reply done) {
     return im.executor.Post(
         [done] { done(Status::TooLarge("a request to the leader is limited to 64 KiB")); });
   }
-  im.loop.Post([impl = impl_, request = std::move(request), done = std::move(done)]() mutable {
-    impl->AskLeaderHere(std::move(request), std::move(done));
-  });
+  im.loop.Post(
+      [impl = impl_.get(), request = std::move(request), done = std::move(done)]() mutable {
+        impl->AskLeaderHere(std::move(request), std::move(done));
+      });
 }
 
 void RaftLog::SaveSnapshotAsync(uint64_t index, std::string state) {
@@ -824,7 +831,7 @@ void RaftLog::ChangeMembership(raft::pb::ConfChange cc, std::function<void(Statu
     return im.executor.Post(
         [done] { done(Status::InvalidArgument("member address longer than 256 bytes")); });
   }
-  im.loop.Post([impl = impl_, cc = std::move(cc), done = std::move(done)]() mutable {
+  im.loop.Post([impl = impl_.get(), cc = std::move(cc), done = std::move(done)]() mutable {
     impl->ChangeMembershipHere(std::move(cc), std::move(done));
   });
 }
@@ -837,7 +844,7 @@ void RaftLog::TransferLeadershipAndWait(uint64_t to, int64_t timeout_ms,
     return im.executor.Post(
         [done] { done(Status::InvalidArgument("transfer timeout must be 1 to 60000 ms")); });
   }
-  im.loop.Post([impl = impl_, to, timeout_ms, done = std::move(done)]() mutable {
+  im.loop.Post([impl = impl_.get(), to, timeout_ms, done = std::move(done)]() mutable {
     impl->TransferHere(to, timeout_ms, std::move(done));
   });
 }

@@ -12,8 +12,11 @@
 #include "base/log.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
+#include "node/amqp_server.h"
+#include "node/broker_node.h"
 #include "node/consul_api.h"
 #include "node/data_dir.h"
+#include "node/mq_api.h"
 #include "node/node_log.h"
 #include "node/registry_node.h"
 #include "storage/log_store.h"
@@ -99,6 +102,25 @@ Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text) {
   return out;
 }
 
+namespace {
+
+// The queues on the node's log (Machine::kQueues).
+void RegisterBroker(BrokerNode& broker, NodeLog& log) {
+  MachineHooks hooks;
+  hooks.apply = [&broker](uint64_t index, const std::string& d) { broker.Apply(index, d); };
+  hooks.take_snapshot = [&broker] { return broker.TakeSnapshot(); };
+  hooks.restore = [&broker](uint64_t index, const std::string& state) {
+    if (state.empty()) return;  // a snapshot from before the queues existed
+    if (Status s = broker.Restore(state); !s.ok()) {
+      HLOG_ERROR("bad_snapshot", "machine=queues index={} error=\"{}\"", index, s.ToString());
+    }
+  };
+  hooks.on_leadership = [&broker](bool leader) { broker.OnLeadership(leader); };
+  log.Register(Machine::kQueues, std::move(hooks));
+}
+
+}  // namespace
+
 int RunServer(const ServerOptions& opts) {
   auto http = ParseHostPort(opts.http);
   if (!http.ok()) {
@@ -167,6 +189,15 @@ int RunServer(const ServerOptions& opts) {
   }
   NodeLog log(**store, io, raft_opts, opts.snapshot_every_entries);
   RegistryNode node(node_opts, io, log, clock);
+  BrokerNodeOptions broker_opts;
+  broker_opts.raft_id = opts.raft_node_id;
+  BrokerNode broker(
+      broker_opts, io,
+      [&log](std::string data, ReplicatedLog::DoneFn done) {
+        log.raft().Propose(Machine::kQueues, std::move(data), std::move(done));
+      },
+      clock);
+  RegisterBroker(broker, log);
 
   net::HttpServerOptions http_opts;
   http_opts.host = http->host;
@@ -175,9 +206,12 @@ int RunServer(const ServerOptions& opts) {
   // Longer than the longest blocking query (10 min + jitter), so the idle timer never cuts one.
   http_opts.idle_timeout_ms = int64_t{11} * 60 * 1000;
   std::unique_ptr<ConsulApi> api;  // made once the bound address is known; no request runs before
-  net::HttpServer server(io, http_opts, [&api](net::HttpRequest req, net::Responder respond) {
-    api->Handle(req, std::move(respond));
-  });
+  MqApi mq_api(broker);
+  net::HttpServer server(io, http_opts,
+                         [&api, &mq_api](net::HttpRequest req, net::Responder respond) {
+                           if (MqApi::Owns(req.path)) return mq_api.Handle(req, std::move(respond));
+                           api->Handle(req, std::move(respond));
+                         });
   if (Status s = server.Start(); !s.ok()) {
     HLOG_ERROR("listen_failed", "http={} error=\"{}\"", opts.http, s.ToString());
     return 1;
@@ -192,6 +226,18 @@ int RunServer(const ServerOptions& opts) {
     return 1;
   }
   node.Start();
+  io.Post([&broker] { broker.DropPreviousBoots(); });
+  AmqpServerOptions amqp_opts;
+  amqp_opts.listen = opts.amqp;
+  AmqpServer amqp(amqp_opts, io, broker);
+  if (Status s = amqp.Start(); !s.ok()) {
+    HLOG_ERROR("listen_failed", "amqp={} error=\"{}\"", opts.amqp, s.ToString());
+    server.Stop();
+    node.Stop();
+    log.Stop();
+    io.Stop();
+    return 1;
+  }
   HLOG_INFO("listening", "http={} node={} raft_id={} data_dir={}", server.address(),
             node_opts.node_name, opts.raft_node_id, opts.data_dir);
 
@@ -199,6 +245,7 @@ int RunServer(const ServerOptions& opts) {
   sigwait(&shutdown_signals, &sig);
   HLOG_INFO("shutting_down", "signal={}", sig);
   HandOffLeadership(node, io);
+  amqp.Stop();
   server.Stop();
   node.Stop();
   log.Stop();

@@ -13,6 +13,7 @@ namespace haven::node {
 struct ServerOptions {
   std::string data_dir = "./haven-data";
   std::string http = "127.0.0.1:8500";  // HOST:PORT; port 0 = ephemeral (logged at start)
+  std::string amqp = "127.0.0.1:5672";  // the AMQP 0-9-1 listener, HOST:PORT (port 0: ephemeral)
   std::string node_name;                // default: the host name
   std::string advertise_address;        // default: the HTTP host
   uint64_t snapshot_every_entries = 20'000;

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -102,6 +103,10 @@ Status ServerProcess::Spawn() {
 
   std::vector<std::string> args = {HAVEN_BINARY, "server", "--data-dir",  data_dir_,
                                    "--http",     http_,    "--node-name", node_name_};
+  // Many servers run at once: none takes AMQP's well-known port unless a test asks for one.
+  if (std::find(extra_args_.begin(), extra_args_.end(), "--amqp") == extra_args_.end()) {
+    args.insert(args.end(), {"--amqp", "127.0.0.1:0"});
+  }
   args.insert(args.end(), extra_args_.begin(), extra_args_.end());
   auto pid = SpawnLogged(std::move(args), fd);
   if (!pid.ok()) return pid.status();

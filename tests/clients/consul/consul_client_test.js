@@ -51,7 +51,8 @@ function keepStderrTail(chunk) {
 function startServer(bin) {
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'haven-consul-test-'));
   const args = [
-    'server', '--data-dir', dataDir, '--http', '127.0.0.1:0', '--node-name', NODE_NAME,
+    'server', '--data-dir', dataDir, '--http', '127.0.0.1:0', '--amqp', '127.0.0.1:0',
+    '--node-name', NODE_NAME,
     '--log-level', 'info'
   ];
   server = spawn(bin, args, {stdio: ['ignore', 'ignore', 'pipe']});

@@ -1,0 +1,212 @@
+#include "node/broker_node.h"
+
+#include <cstdio>
+#include <random>
+
+#include "base/log.h"
+
+namespace haven::node {
+
+namespace {
+
+std::string RandomHex64() {
+  std::random_device rd;
+  uint64_t v = (uint64_t{rd()} << 32) ^ rd();
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+bool HasPrefix(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+// As BrokerState's: "a" owns "a" and "a/..." but not "ab".
+bool OwnedBy(const std::string& owner, const std::string& prefix) {
+  return owner == prefix ||
+         (HasPrefix(owner, prefix) && owner.size() > prefix.size() && owner[prefix.size()] == '/');
+}
+
+bool Drops(const mq::pb::DropOwner& d, const std::string& owner) {
+  bool match = d.raw_prefix() ? HasPrefix(owner, d.owner()) : OwnedBy(owner, d.owner());
+  return match && (d.except().empty() || !OwnedBy(owner, d.except()));
+}
+
+void LogIfFailed(const char* what, const Result<mq::ApplyResult>& r) {
+  if (!r.ok()) {
+    HLOG_WARN("broker_propose_failed", "what={} error=\"{}\"", what, r.status().ToString());
+  } else if (!r->error.ok()) {
+    HLOG_WARN("broker_command_rejected", "what={} code={} text=\"{}\"", what, r->error.reply_code,
+              r->error.reply_text);
+  }
+}
+
+}  // namespace
+
+BrokerNode::BrokerNode(BrokerNodeOptions opts, net::IoRuntime& executor, ProposeFn propose,
+                       const Clock& clock)
+    : opts_(std::move(opts)),
+      executor_(executor),
+      propose_(std::move(propose)),
+      clock_(clock),
+      boot_(RandomHex64()),
+      state_(opts_.broker) {}
+
+BrokerNode::~BrokerNode() {
+  *alive_ = false;
+  if (expiry_timer_) expiry_timer_->Cancel();
+}
+
+void BrokerNode::Propose(mq::pb::Command cmd, ProposeDone done) {
+  cmd.set_now_unix_ms(clock_.NowUnixMs());
+  std::string data;
+  if (!cmd.SerializeToString(&data)) {
+    done(Status::Internal("cannot serialize mq command"));
+    return;
+  }
+  propose_(std::move(data),
+           [this, alive = alive_, done = std::move(done)](Status s, uint64_t index) {
+             if (!*alive) return done(Status::Unavailable("broker stopped"));
+             if (!s.ok()) return done(std::move(s));
+             if (index != last_result_index_) {
+               return done(Status::Unavailable("outcome unknown: entry " + std::to_string(index) +
+                                               " was not the one applied last"));
+             }
+             done(std::move(last_result_));
+           });
+}
+
+std::string BrokerNode::NewOwnerId() {
+  return std::to_string(opts_.raft_id) + ":" + boot_ + "/" + std::to_string(next_owner_seq_++);
+}
+
+void BrokerNode::Attach(const std::string& owner, BrokerConnectionSink sink) {
+  sinks_[owner] = std::move(sink);
+}
+
+void BrokerNode::Detach(const std::string& owner) {
+  if (sinks_.erase(owner) == 0) return;
+  mq::pb::Command cmd;
+  cmd.mutable_drop_owner()->set_owner(owner);
+  Propose(std::move(cmd), [](Result<mq::ApplyResult> r) { LogIfFailed("detach", r); });
+}
+
+void BrokerNode::Apply(uint64_t index, const std::string& data) {
+  mq::pb::Command cmd;
+  if (!cmd.ParseFromString(data)) {
+    HLOG_ERROR("broker_bad_entry", "index={} bytes={}", index, data.size());
+    last_result_index_ = index;
+    last_result_ = {};
+    last_result_.error = {mq::BrokerError::kInternalError, "INTERNAL_ERROR - unreadable command"};
+    return;
+  }
+  mq::ApplyResult result = state_.Apply(index, cmd);
+  if (cmd.has_dispatch()) dispatch_in_flight_ = false;
+  if (cmd.has_expire()) expire_in_flight_ = false;
+  Route(cmd, result);
+  bool pending = result.dispatch_pending;
+  last_result_index_ = index;
+  last_result_ = std::move(result);
+  if (pending) MaybeProposeDispatch();
+}
+
+BrokerConnectionSink* BrokerNode::SinkFor(const std::string& consumer_id) {
+  // Owners are "RAFT_ID:BOOT/SEQ": the owner ends at the second '/'.
+  size_t first = consumer_id.find('/');
+  if (first == std::string::npos) return nullptr;
+  size_t second = consumer_id.find('/', first + 1);
+  auto it = sinks_.find(consumer_id.substr(0, second));
+  return it == sinks_.end() ? nullptr : &it->second;
+}
+
+void BrokerNode::Route(const mq::pb::Command& cmd, const mq::ApplyResult& result) {
+  for (const mq::Delivery& d : result.deliveries) {
+    if (BrokerConnectionSink* sink = SinkFor(d.consumer_id); sink && sink->deliver) {
+      sink->deliver(d);
+    }
+  }
+  for (const std::string& id : result.cancelled_consumers) {
+    if (BrokerConnectionSink* sink = SinkFor(id); sink && sink->cancelled) sink->cancelled(id);
+  }
+  if (cmd.has_drop_owner() && result.error.ok()) NotifyDropped(cmd.drop_owner());
+}
+
+void BrokerNode::NotifyDropped(const mq::pb::DropOwner& drop) {
+  std::vector<std::function<void()>> calls;  // a callback may Detach: do not iterate sinks_
+  for (const auto& [owner, sink] : sinks_) {
+    if (Drops(drop, owner) && sink.dropped) calls.push_back(sink.dropped);
+  }
+  for (auto& call : calls) call();
+}
+
+void BrokerNode::MaybeProposeDispatch() {
+  if (!leader_ || dispatch_in_flight_) return;
+  dispatch_in_flight_ = true;
+  mq::pb::Command cmd;
+  cmd.mutable_dispatch();
+  Propose(std::move(cmd), [this, alive = alive_](Result<mq::ApplyResult> r) {
+    if (!*alive) return;
+    LogIfFailed("dispatch", r);
+    if (!r.ok()) dispatch_in_flight_ = false;
+  });
+}
+
+std::string BrokerNode::TakeSnapshot() const {
+  std::string out;
+  state_.TakeSnapshot().SerializeToString(&out);
+  return out;
+}
+
+Status BrokerNode::Restore(const std::string& snapshot) {
+  mq::pb::Snapshot snap;
+  if (!snap.ParseFromString(snapshot)) return Status::InvalidArgument("unreadable mq snapshot");
+  return state_.Restore(snap);
+}
+
+void BrokerNode::OnLeadership(bool leader) {
+  leader_ = leader;
+  dispatch_in_flight_ = false;
+  expire_in_flight_ = false;
+  if (expiry_timer_) expiry_timer_->Cancel();
+  expiry_timer_.reset();
+  if (!leader) return;
+  ArmExpiryTimer();
+  if (state_.dispatch_pending()) MaybeProposeDispatch();
+}
+
+void BrokerNode::ArmExpiryTimer() {
+  expiry_timer_ = executor_.RunAfter(opts_.expire_check_ms, [this, alive = alive_] {
+    if (*alive) OnExpiryTimer();
+  });
+}
+
+// Polls at most every expire_check_ms: an Expire is proposed only while a head is due, so an idle
+// broker writes nothing.
+void BrokerNode::OnExpiryTimer() {
+  if (!leader_) return;
+  std::optional<int64_t> next = state_.NextExpiryUnixMs();
+  if (next && *next <= clock_.NowUnixMs() && !expire_in_flight_) {
+    expire_in_flight_ = true;
+    mq::pb::Command cmd;
+    cmd.mutable_expire();
+    Propose(std::move(cmd), [this, alive = alive_](Result<mq::ApplyResult> r) {
+      if (!*alive) return;
+      LogIfFailed("expire", r);
+      if (!r.ok()) expire_in_flight_ = false;
+    });
+  }
+  ArmExpiryTimer();
+}
+
+// Drops every owner "RAFT_ID:..." except this boot's ("RAFT_ID:BOOT" and under): safe to call
+// whether or not connections are already attached.
+void BrokerNode::DropPreviousBoots() {
+  mq::pb::Command cmd;
+  auto* d = cmd.mutable_drop_owner();
+  d->set_owner(std::to_string(opts_.raft_id) + ":");
+  d->set_raw_prefix(true);
+  d->set_except(std::to_string(opts_.raft_id) + ":" + boot_);
+  Propose(std::move(cmd), [](Result<mq::ApplyResult> r) { LogIfFailed("drop_previous_boots", r); });
+}
+
+}  // namespace haven::node

@@ -1,0 +1,97 @@
+// BrokerNode: the queues as a running service on the node's replicated log. It applies committed
+// mq commands to its BrokerState replica (every node holds one), answers the proposer, and hands
+// each delivery to the AMQP connection on this node that hosts its consumer. Everything runs on the
+// node's executor thread, like RegistryNode, so the state needs no locks.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/clock.h"
+#include "base/status.h"
+#include "mq/broker_state.h"
+#include "net/io_runtime.h"
+#include "node/replicated_log.h"
+
+namespace haven::node {
+
+struct BrokerNodeOptions {
+  uint64_t raft_id = 1;  // this node's raft id: the first part of every owner id made here
+  mq::BrokerOptions broker;
+  int64_t expire_check_ms = 1'000;  // the leader proposes Expire at most this often while due
+};
+
+// What a connection on this node receives from the broker (on the executor).
+struct BrokerConnectionSink {
+  std::function<void(const mq::Delivery&)> deliver;
+  std::function<void(const std::string& consumer_id)> cancelled;  // by the broker (queue deleted)
+  // The owner was dropped (e.g. the leader decided this node was gone): close the connection.
+  std::function<void()> dropped;
+};
+
+class BrokerNode {
+ public:
+  // Appends `data` (a serialized mq::pb::Command) to the node's log; DoneFn as ReplicatedLog's.
+  using ProposeFn = std::function<void(std::string data, ReplicatedLog::DoneFn done)>;
+  // The outcome of a proposal: an error Status when it was not applied (Unavailable: no leader or
+  // outcome unknown; IoError), otherwise the ApplyResult (whose `error` may carry an AMQP error).
+  using ProposeDone = std::function<void(Result<mq::ApplyResult>)>;
+
+  BrokerNode(BrokerNodeOptions opts, net::IoRuntime& executor, ProposeFn propose,
+             const Clock& clock);
+  ~BrokerNode();
+
+  // --- on the executor thread only ---
+  // Stamps the time and proposes; `done` runs once the command is applied here (or failed).
+  void Propose(mq::pb::Command cmd, ProposeDone done);
+  // A new owner id for a connection: "RAFT_ID:BOOT/SEQ", unique across restarts of this node.
+  std::string NewOwnerId();
+  // Routes deliveries and cancels of consumers "OWNER/..." to `sink` until Detach.
+  void Attach(const std::string& owner, BrokerConnectionSink sink);
+  // The connection closed: stops routing to it and proposes DropOwner (its consumers' unacked
+  // messages go back to their queues, redelivered; its exclusive queues are deleted).
+  void Detach(const std::string& owner);
+  const mq::BrokerState& state() const { return state_; }
+
+  // Hooks for the log's owner (on the executor):
+  void Apply(uint64_t index, const std::string& data);  // a committed mq command
+  std::string TakeSnapshot() const;                     // a serialized mq::pb::Snapshot
+  Status Restore(const std::string& snapshot);
+  // Leader: runs the TTL expiry timer and drops the owners of members that are gone.
+  void OnLeadership(bool leader);
+  // At start, before taking connections: drops what earlier boots of this node left behind.
+  void DropPreviousBoots();
+
+ private:
+  void Route(const mq::pb::Command& cmd, const mq::ApplyResult& result);
+  // The attached owner hosting consumer "OWNER/channel/tag", or null.
+  BrokerConnectionSink* SinkFor(const std::string& consumer_id);
+  void NotifyDropped(const mq::pb::DropOwner& drop);
+  void MaybeProposeDispatch();
+  void ArmExpiryTimer();
+  void OnExpiryTimer();
+
+  BrokerNodeOptions opts_;
+  net::IoRuntime& executor_;
+  ProposeFn propose_;
+  const Clock& clock_;
+  std::string boot_;  // random 64-bit hex: tells this boot's owners from earlier ones
+  uint64_t next_owner_seq_ = 1;
+  std::map<std::string, BrokerConnectionSink> sinks_;  // by owner id
+  // The outcome of the entry applied last: the log calls a proposal's DoneFn right after applying
+  // its entry (ReplicatedLog's contract), so one slot serves every proposal.
+  uint64_t last_result_index_ = 0;
+  mq::ApplyResult last_result_;
+  bool leader_ = false;
+  bool dispatch_in_flight_ = false;
+  bool expire_in_flight_ = false;
+  std::shared_ptr<net::Timer> expiry_timer_;
+  // Cleared by the destructor: proposal callbacks that outlive this object do nothing.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  mq::BrokerState state_;
+};
+
+}  // namespace haven::node

@@ -1,0 +1,531 @@
+// The AMQP broker shell end to end: a RaftLog (cluster of one over MemLogStore) feeding a
+// BrokerNode, an AmqpServer on an ephemeral loopback port, and a small blocking client built from
+// the codec.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <future>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+
+#include "base/clock.h"
+#include "mq/amqp_codec.h"
+#include "node/amqp_server.h"
+#include "node/broker_node.h"
+#include "node/raft_log.h"
+#include "storage/mem_log_store.h"
+
+namespace haven::node {
+namespace {
+
+namespace amqp = mq::amqp;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+std::string FreeAddress() {
+  asio::io_context ioc;
+  tcp::acceptor a(ioc, {asio::ip::make_address("127.0.0.1"), 0});
+  return "127.0.0.1:" + std::to_string(a.local_endpoint().port());
+}
+
+template <typename F>
+bool WaitUntil(F f, int64_t ms = 10'000) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return f();
+}
+
+// A blocking AMQP client: just enough to drive the broker from a test.
+class Client {
+ public:
+  explicit Client(uint16_t port) : socket_(ioc_), decoder_(0) {
+    socket_.connect({asio::ip::make_address("127.0.0.1"), port});
+  }
+
+  void SetTimeoutMs(int ms) { timeout_ms_ = ms; }
+  void SendRaw(std::string_view bytes) {
+    boost::system::error_code ec;
+    asio::write(socket_, asio::buffer(bytes.data(), bytes.size()), ec);
+  }
+  void Send(uint16_t channel, const amqp::Method& m) {
+    SendRaw(amqp::EncodeMethodFrame(channel, m));
+  }
+  void Publish(uint16_t channel, const std::string& exchange, const std::string& key,
+               const std::string& body, bool mandatory = false) {
+    amqp::BasicPublish p;
+    p.exchange = exchange;
+    p.routing_key = key;
+    p.mandatory = mandatory;
+    amqp::BasicProperties props;
+    props.content_type = "text/plain";
+    SendRaw(amqp::EncodeContentFrames(channel, p, props, body, 131072));
+  }
+
+  // Raw bytes (nullopt: closed or timed out). poll + recv: Asio's blocking reads ignore
+  // SO_RCVTIMEO.
+  std::optional<std::string> ReadSome() {
+    pollfd p{socket_.native_handle(), POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms_) != 1) return std::nullopt;
+    char buf[65536];
+    ssize_t n = ::recv(socket_.native_handle(), buf, sizeof(buf), 0);
+    if (n <= 0) {
+      eof_ = true;
+      return std::nullopt;
+    }
+    return std::string(buf, static_cast<size_t>(n));
+  }
+  // The next non-heartbeat frame; nullopt when the server closed the socket or nothing came.
+  std::optional<amqp::Frame> ReadFrame() {
+    for (;;) {
+      if (auto f = decoder_.Next()) {
+        if (f->type == amqp::kFrameHeartbeat) continue;
+        return f;
+      }
+      auto bytes = ReadSome();
+      if (!bytes) return std::nullopt;
+      if (!decoder_.Feed(*bytes).ok()) return std::nullopt;
+    }
+  }
+  // The next whole command (method with its content) and its channel.
+  std::optional<std::pair<uint16_t, amqp::Command>> Read() {
+    for (;;) {
+      auto f = ReadFrame();
+      if (!f) return std::nullopt;
+      auto it = assemblers_.try_emplace(f->channel, uint64_t{1} << 30).first;
+      auto cmd = it->second.Add(*f);
+      if (!cmd.ok()) {
+        ADD_FAILURE() << cmd.status().ToString();
+        return std::nullopt;
+      }
+      if (*cmd) return std::make_pair(f->channel, std::move(**cmd));
+    }
+  }
+  template <typename M>
+  std::optional<M> Expect(uint16_t channel) {
+    auto r = Read();
+    if (!r) {
+      ADD_FAILURE() << "nothing read, expected " << M::kClassId << "." << M::kMethodId;
+      return std::nullopt;
+    }
+    EXPECT_EQ(r->first, channel);
+    auto* m = std::get_if<M>(&r->second.method);
+    if (!m) {
+      ADD_FAILURE() << "got " << amqp::NameOf(r->second.method) << ", expected " << M::kClassId
+                    << "." << M::kMethodId;
+      return std::nullopt;
+    }
+    return *m;
+  }
+  // Reads until the server closes the socket (true) or a read times out (false).
+  bool WaitClosed() {
+    while (ReadSome()) {
+    }
+    return eof_;
+  }
+  void Close() {
+    boost::system::error_code ec;
+    socket_.close(ec);
+  }
+
+  // Protocol header to open-ok. Returns the server's close when the server refuses.
+  std::optional<amqp::ConnectionClose> Handshake(const std::string& user = "guest",
+                                                 const std::string& password = "guest",
+                                                 uint16_t heartbeat_s = 0) {
+    SendRaw(amqp::kProtocolHeader);
+    auto start = Expect<amqp::ConnectionStart>(0);
+    EXPECT_TRUE(start.has_value());
+    if (start) {
+      auto caps = start->server_properties.Find("capabilities");
+      EXPECT_NE(caps, nullptr);
+    }
+    amqp::ConnectionStartOk ok;
+    ok.mechanism = "PLAIN";
+    ok.response = std::string("\0", 1) + user + std::string("\0", 1) + password;
+    ok.locale = "en_US";
+    Send(0, ok);
+    auto r = Read();
+    if (!r) return amqp::ConnectionClose{0, "no answer"};
+    if (auto* c = std::get_if<amqp::ConnectionClose>(&r->second.method)) return *c;
+    auto* tune = std::get_if<amqp::ConnectionTune>(&r->second.method);
+    EXPECT_NE(tune, nullptr);
+    if (!tune) return amqp::ConnectionClose{0, "no tune"};
+    Send(0, amqp::ConnectionTuneOk{tune->channel_max, tune->frame_max, heartbeat_s});
+    Send(0, amqp::ConnectionOpen{});
+    Expect<amqp::ConnectionOpenOk>(0);
+    return std::nullopt;
+  }
+  void OpenChannel(uint16_t ch) {
+    Send(ch, amqp::ChannelOpen{});
+    Expect<amqp::ChannelOpenOk>(ch);
+  }
+  void DeclareQueue(uint16_t ch, const std::string& name) {
+    amqp::QueueDeclare d;
+    d.queue = name;
+    Send(ch, d);
+    auto ok = Expect<amqp::QueueDeclareOk>(ch);
+    ASSERT_TRUE(ok.has_value());
+    EXPECT_EQ(ok->queue, name);
+  }
+
+ private:
+  asio::io_context ioc_;
+  tcp::socket socket_;
+  amqp::FrameDecoder decoder_;
+  int timeout_ms_ = 5000;
+  bool eof_ = false;
+  std::map<uint16_t, amqp::CommandAssembler> assemblers_;
+};
+
+class AmqpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    executor_.Start();
+    BrokerNodeOptions bo;
+    bo.raft_id = 1;
+    bo.expire_check_ms = 50;
+    broker_ = std::make_unique<BrokerNode>(
+        bo, executor_,
+        [this](std::string data, ReplicatedLog::DoneFn done) {
+          log_->Propose(Machine::kQueues, std::move(data), std::move(done));
+        },
+        clock_);
+    RaftLogOptions ro;
+    ro.node_id = 1;
+    ro.listen = FreeAddress();
+    ro.peers = {{1, ro.listen}};
+    ro.tick_ms = 20;
+    RaftLogCallbacks cb;
+    cb.on_commit = [this](uint64_t index, Machine machine, const std::string& data) {
+      if (machine == Machine::kQueues) broker_->Apply(index, data);
+    };
+    cb.on_restore = [](uint64_t, const std::string&) {};
+    cb.on_leadership = [this](bool leader) { broker_->OnLeadership(leader); };
+    log_ = std::make_unique<RaftLog>(store_, executor_, std::move(cb), ro);
+    ASSERT_TRUE(log_->Start().ok());
+    ASSERT_TRUE(WaitUntil([&] { return log_->status().node.role == raft::Role::kLeader; }));
+    AmqpServerOptions so;
+    so.listen = "127.0.0.1:0";
+    server_ = std::make_unique<AmqpServer>(so, executor_, *broker_);
+    Status s = server_->Start();
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    std::string addr = server_->address();
+    port_ = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
+  }
+  void TearDown() override {
+    if (server_) server_->Stop();
+    if (log_) log_->Stop();  // proposals still in flight are failed, not leaked
+    executor_.Stop();
+  }
+  std::unique_ptr<Client> Connect() {
+    auto c = std::make_unique<Client>(port_);
+    EXPECT_FALSE(c->Handshake().has_value());
+    c->OpenChannel(1);
+    return c;
+  }
+  // Publishes n messages to `queue` with confirms and checks the n acks.
+  void PublishConfirmed(Client& c, uint16_t ch, const std::string& queue, int n) {
+    c.Send(ch, amqp::ConfirmSelect{});
+    c.Expect<amqp::ConfirmSelectOk>(ch);
+    for (int i = 0; i < n; ++i) c.Publish(ch, "", queue, "msg" + std::to_string(i));
+    for (int i = 1; i <= n; ++i) {
+      auto ack = c.Expect<amqp::BasicAck>(ch);
+      ASSERT_TRUE(ack.has_value()) << "ack " << i;
+      EXPECT_EQ(ack->delivery_tag, static_cast<uint64_t>(i));
+      EXPECT_FALSE(ack->multiple);
+    }
+  }
+
+  // Runs fn on the executor (where the broker lives) and returns its value.
+  template <typename F>
+  auto OnExecutor(F fn) {
+    std::promise<decltype(fn())> p;
+    executor_.Post([&] { p.set_value(fn()); });
+    return p.get_future().get();
+  }
+  size_t Ready(const std::string& queue) {
+    return OnExecutor([&] {
+      auto st = broker_->state().Stats(queue);
+      return st ? static_cast<size_t>(st->ready) : size_t{999};
+    });
+  }
+
+  SystemClock clock_;
+  net::IoRuntime executor_{1};
+  storage::MemLogStore store_;
+  std::unique_ptr<BrokerNode> broker_;
+  std::unique_ptr<RaftLog> log_;
+  std::unique_ptr<AmqpServer> server_;
+  uint16_t port_ = 0;
+};
+
+TEST_F(AmqpTest, PublishWithConfirmsThenConsumeWithPrefetch) {
+  auto c = Connect();
+  c->DeclareQueue(1, "work");
+  PublishConfirmed(*c, 1, "work", 100);
+
+  c->OpenChannel(2);
+  c->Send(2, amqp::BasicQos{0, 10, false});
+  c->Expect<amqp::BasicQosOk>(2);
+  amqp::BasicConsume consume;
+  consume.queue = "work";
+  c->Send(2, consume);
+  auto ok = c->Expect<amqp::BasicConsumeOk>(2);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->consumer_tag.rfind("amq.ctag-", 0), 0u);
+  int received = 0;
+  while (received < 100) {
+    // A window of 10, then nothing more until acked.
+    for (int i = 0; i < 10; ++i) {
+      auto r = c->Read();
+      ASSERT_TRUE(r.has_value()) << "after " << received;
+      auto* d = std::get_if<amqp::BasicDeliver>(&r->second.method);
+      ASSERT_NE(d, nullptr) << amqp::NameOf(r->second.method);
+      EXPECT_EQ(r->second.body, "msg" + std::to_string(received));
+      EXPECT_EQ(d->delivery_tag, static_cast<uint64_t>(received + 1));
+      EXPECT_FALSE(d->redelivered);
+      ASSERT_TRUE(r->second.header.has_value());
+      EXPECT_EQ(r->second.header->props.content_type, "text/plain");
+      ++received;
+    }
+    if (received == 10) {
+      c->SetTimeoutMs(300);
+      EXPECT_FALSE(c->ReadFrame().has_value()) << "more than the prefetch window";
+      c->SetTimeoutMs(5000);
+    }
+    c->Send(2, amqp::BasicAck{static_cast<uint64_t>(received), true});
+  }
+  ASSERT_TRUE(WaitUntil([&] {
+    std::promise<uint64_t> p;
+    executor_.Post([&] {
+      auto st = broker_->state().Stats("work");
+      p.set_value(st ? st->ready + st->unacked : 999);
+    });
+    return p.get_future().get() == 0;
+  }));
+}
+
+TEST_F(AmqpTest, UnackedMessagesAreRedeliveredWhenTheConsumerConnectionCloses) {
+  auto pub = Connect();
+  pub->DeclareQueue(1, "jobs");
+  PublishConfirmed(*pub, 1, "jobs", 5);
+
+  auto first = Connect();
+  amqp::BasicConsume consume;
+  consume.queue = "jobs";
+  consume.consumer_tag = "worker";
+  first->Send(1, consume);
+  first->Expect<amqp::BasicConsumeOk>(1);
+  for (int i = 0; i < 5; ++i) {
+    auto d = first->Expect<amqp::BasicDeliver>(1);
+    ASSERT_TRUE(d.has_value());
+    EXPECT_FALSE(d->redelivered);
+  }
+  first->Close();  // no ack
+
+  auto second = Connect();
+  second->Send(1, consume);
+  second->Expect<amqp::BasicConsumeOk>(1);
+  for (int i = 0; i < 5; ++i) {
+    auto r = second->Read();
+    ASSERT_TRUE(r.has_value());
+    auto* d = std::get_if<amqp::BasicDeliver>(&r->second.method);
+    ASSERT_NE(d, nullptr);
+    EXPECT_TRUE(d->redelivered);
+    EXPECT_EQ(r->second.body, "msg" + std::to_string(i));
+  }
+}
+
+TEST_F(AmqpTest, MalformedFrameClosesOnlyThatConnection) {
+  auto bad = Connect();
+  auto good = Connect();
+  // A method frame whose frame-end octet is wrong.
+  std::string frame = amqp::EncodeMethodFrame(1, amqp::BasicQos{0, 1, false});
+  frame.back() = 'X';
+  bad->SendRaw(frame);
+  auto close = bad->Expect<amqp::ConnectionClose>(0);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kFrameError);
+  bad->Send(0, amqp::ConnectionCloseOk{});
+  EXPECT_TRUE(bad->WaitClosed());
+
+  good->DeclareQueue(1, "still-fine");
+}
+
+TEST_F(AmqpTest, WrongProtocolHeaderGetsTheRightOneAndAClose) {
+  Client c(port_);
+  c.SendRaw(std::string("AMQP\x00\x00\x08\x00", 8));
+  auto bytes = c.ReadSome();
+  ASSERT_TRUE(bytes.has_value());
+  EXPECT_EQ(*bytes, amqp::kProtocolHeader);
+  EXPECT_TRUE(c.WaitClosed());
+}
+
+TEST_F(AmqpTest, BadCredentialsAreRefusedWith403) {
+  Client c(port_);
+  auto close = c.Handshake("guest", "wrong");
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kAccessRefused);
+}
+
+TEST_F(AmqpTest, UnknownQueueClosesTheChannelOnly) {
+  auto c = Connect();
+  amqp::QueueDeclare d;
+  d.queue = "nope";
+  d.passive = true;
+  c->Send(1, d);
+  auto close = c->Expect<amqp::ChannelClose>(1);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kNotFound);
+  EXPECT_EQ(close->class_id, amqp::kClassQueue);
+  EXPECT_EQ(close->method_id, 10);
+  c->Send(1, amqp::ChannelCloseOk{});
+  c->OpenChannel(2);
+  c->DeclareQueue(2, "exists");
+  c->OpenChannel(1);  // the closed channel can be opened again
+}
+
+TEST_F(AmqpTest, BasicGetAndServerNamedQueueAndMandatoryReturn) {
+  auto c = Connect();
+  amqp::QueueDeclare d;  // server-named
+  c->Send(1, d);
+  auto ok = c->Expect<amqp::QueueDeclareOk>(1);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->queue.rfind("amq.gen-", 0), 0u);
+  std::string q = ok->queue;
+
+  amqp::BasicGet get;
+  get.queue = q;
+  c->Send(1, get);
+  c->Expect<amqp::BasicGetEmpty>(1);
+
+  c->Send(1, amqp::ConfirmSelect{});
+  c->Expect<amqp::ConfirmSelectOk>(1);
+  c->Publish(1, "", q, "hello");
+  c->Expect<amqp::BasicAck>(1);
+  c->Publish(1, "", "no-such-queue", "lost", /*mandatory=*/true);
+  auto ret = c->Read();
+  ASSERT_TRUE(ret.has_value());
+  auto* r = std::get_if<amqp::BasicReturn>(&ret->second.method);
+  ASSERT_NE(r, nullptr) << amqp::NameOf(ret->second.method);
+  EXPECT_EQ(r->reply_code, amqp::kNoRoute);
+  EXPECT_EQ(ret->second.body, "lost");
+  auto ack = c->Expect<amqp::BasicAck>(1);
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->delivery_tag, 2u);
+
+  c->Send(1, get);
+  auto got = c->Read();
+  ASSERT_TRUE(got.has_value());
+  auto* g = std::get_if<amqp::BasicGetOk>(&got->second.method);
+  ASSERT_NE(g, nullptr) << amqp::NameOf(got->second.method);
+  EXPECT_EQ(got->second.body, "hello");
+  c->Send(1, amqp::BasicAck{g->delivery_tag, false});
+  c->Send(1, amqp::BasicAck{g->delivery_tag, false});  // twice: unknown tag, 406
+  auto close = c->Expect<amqp::ChannelClose>(1);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kPreconditionFailed);
+}
+
+TEST_F(AmqpTest, TransactionsAreNotImplemented) {
+  auto c = Connect();
+  c->Send(1, amqp::TxSelect{});
+  auto close = c->Expect<amqp::ConnectionClose>(0);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kNotImplemented);
+}
+
+TEST_F(AmqpTest, RejectWithRequeueRedelivers) {
+  auto c = Connect();
+  c->DeclareQueue(1, "retry");
+  PublishConfirmed(*c, 1, "retry", 1);
+  amqp::BasicConsume consume;
+  consume.queue = "retry";
+  c->Send(1, consume);
+  c->Expect<amqp::BasicConsumeOk>(1);
+  auto first = c->Expect<amqp::BasicDeliver>(1);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_FALSE(first->redelivered);
+  c->Send(1, amqp::BasicReject{first->delivery_tag, true});
+  auto again = c->Expect<amqp::BasicDeliver>(1);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_TRUE(again->redelivered);
+  EXPECT_GT(again->delivery_tag, first->delivery_tag);
+  c->Send(1, amqp::BasicAck{again->delivery_tag, false});
+  ASSERT_TRUE(WaitUntil([&] {
+    return OnExecutor([&] {
+      auto st = broker_->state().Stats("retry");
+      return st && st->ready == 0 && st->unacked == 0;
+    });
+  }));
+}
+
+TEST_F(AmqpTest, TheLeaderExpiresMessagesPastTheirTtl) {
+  auto c = Connect();
+  amqp::QueueDeclare d;
+  d.queue = "short-lived";
+  d.arguments.Set("x-message-ttl", int32_t{100});
+  c->Send(1, d);
+  c->Expect<amqp::QueueDeclareOk>(1);
+  PublishConfirmed(*c, 1, "short-lived", 3);
+  EXPECT_TRUE(WaitUntil([&] { return Ready("short-lived") == 0; }, 5'000));
+}
+
+TEST_F(AmqpTest, DropPreviousBootsKeepsThisBootsOwners) {
+  auto c = Connect();
+  c->DeclareQueue(1, "boot-q");
+  amqp::BasicConsume consume;
+  consume.queue = "boot-q";
+  consume.consumer_tag = "mine";
+  c->Send(1, consume);
+  c->Expect<amqp::BasicConsumeOk>(1);
+  // A consumer left behind by an earlier boot of raft id 1.
+  std::promise<bool> added;
+  executor_.Post([&] {
+    mq::pb::Command cmd;
+    auto* cc = cmd.mutable_consume();
+    cc->set_queue("boot-q");
+    cc->set_owner("1:00000000deadbeef/7");
+    cc->set_consumer_id("1:00000000deadbeef/7/1/old");
+    broker_->Propose(cmd,
+                     [&](Result<mq::ApplyResult> r) { added.set_value(r.ok() && r->error.ok()); });
+  });
+  ASSERT_TRUE(added.get_future().get());
+  auto consumers = [&] {
+    return OnExecutor([&] { return broker_->state().ConsumerIds("boot-q"); });
+  };
+  ASSERT_EQ(consumers().size(), 2u);
+  executor_.Post([&] { broker_->DropPreviousBoots(); });
+  ASSERT_TRUE(WaitUntil([&] { return consumers().size() == 1; }));
+  EXPECT_TRUE(consumers()[0].ends_with("/1/mine"));
+  // The connection still works.
+  c->DeclareQueue(1, "after-drop");
+}
+
+TEST_F(AmqpTest, HeartbeatsBothWays) {
+  Client c(port_);
+  ASSERT_FALSE(c.Handshake("guest", "guest", /*heartbeat_s=*/1).has_value());
+  c.SetTimeoutMs(2000);
+  auto bytes = c.ReadSome();
+  ASSERT_TRUE(bytes.has_value());
+  EXPECT_EQ(*bytes, amqp::EncodeHeartbeat());
+  // Silent for more than two intervals: the server closes.
+  c.SetTimeoutMs(4000);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(c.WaitClosed());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
+}
+
+}  // namespace
+}  // namespace haven::node

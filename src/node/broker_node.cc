@@ -165,6 +165,8 @@ Status BrokerNode::Restore(const std::string& snapshot) {
 
 void BrokerNode::OnLeadership(bool leader) {
   leader_ = leader;
+  silent_since_ms_.clear();  // a new leader gives every member a full timeout
+  dropped_members_.clear();
   dispatch_in_flight_ = false;
   expire_in_flight_ = false;
   if (expiry_timer_) expiry_timer_->Cancel();
@@ -195,7 +197,50 @@ void BrokerNode::OnExpiryTimer() {
       if (!r.ok()) expire_in_flight_ = false;
     });
   }
+  DropGoneMembers();
   ArmExpiryTimer();
+}
+
+// Consumers live on the node their client is connected to; when that node dies nobody acks or
+// cancels for them. The leader drops the owners of a member silent for member_timeout_ms, and of
+// raft ids no longer in the cluster, once each (again if it comes back and goes silent again).
+void BrokerNode::DropGoneMembers() {
+  if (!opts_.raft_status) return;
+  const raft::NodeStatus st = opts_.raft_status();
+  if (st.role != raft::Role::kLeader) return;
+  const int64_t now = clock_.NowMono();
+  std::set<uint64_t> members;
+  for (const auto& p : st.progress) {
+    members.insert(p.id);
+    if (p.id == opts_.raft_id) continue;
+    if (p.active) {
+      silent_since_ms_.erase(p.id);
+      dropped_members_.erase(p.id);
+      continue;
+    }
+    auto [it, fresh] = silent_since_ms_.try_emplace(p.id, now);
+    if (!fresh && now - it->second >= opts_.member_timeout_ms) DropMember(p.id, "silent");
+  }
+  for (const auto& queue : state_.QueueNames()) {
+    for (const auto& consumer : state_.ConsumerIds(queue)) {
+      uint64_t id = std::strtoull(consumer.c_str(), nullptr, 10);
+      if (id != 0 && !members.count(id)) DropMember(id, "removed");
+    }
+  }
+}
+
+void BrokerNode::DropMember(uint64_t id, const char* why) {
+  if (!dropped_members_.insert(id).second) return;
+  HLOG_INFO("broker_drop_member", "member={} reason={}", id, why);
+  mq::pb::Command cmd;
+  auto* d = cmd.mutable_drop_owner();
+  d->set_owner(std::to_string(id) + ":");
+  d->set_raw_prefix(true);
+  Propose(std::move(cmd), [this, alive = alive_, id](Result<mq::ApplyResult> r) {
+    if (!*alive) return;
+    LogIfFailed("drop_member", r);
+    if (!r.ok()) dropped_members_.erase(id);  // try again on the next tick
+  });
 }
 
 // Drops every owner "RAFT_ID:..." except this boot's ("RAFT_ID:BOOT" and under): safe to call

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "base/clock.h"
@@ -15,6 +16,7 @@
 #include "mq/broker_state.h"
 #include "net/io_runtime.h"
 #include "node/replicated_log.h"
+#include "raft/raw_node.h"
 
 namespace haven::node {
 
@@ -22,6 +24,13 @@ struct BrokerNodeOptions {
   uint64_t raft_id = 1;  // this node's raft id: the first part of every owner id made here
   mq::BrokerOptions broker;
   int64_t expire_check_ms = 1'000;  // the leader proposes Expire at most this often while due
+  // A member the leader has not heard from for this long (or one removed from the cluster) is
+  // gone: the leader drops its consumers, so their unacked messages go to live consumers. Longer
+  // than an election timeout, so a pause or a leader change does not cost a member its consumers.
+  int64_t member_timeout_ms = 3'000;
+  // The Raft view of the node's log (the leader's progress of each member); empty: no member
+  // checks (a test of one node).
+  std::function<raft::NodeStatus()> raft_status;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -73,6 +82,8 @@ class BrokerNode {
   void MaybeProposeDispatch();
   void ArmExpiryTimer();
   void OnExpiryTimer();
+  void DropGoneMembers();
+  void DropMember(uint64_t id, const char* why);
 
   BrokerNodeOptions opts_;
   net::IoRuntime& executor_;
@@ -88,6 +99,9 @@ class BrokerNode {
   bool leader_ = false;
   bool dispatch_in_flight_ = false;
   bool expire_in_flight_ = false;
+  // Leader: since when each member has been silent (absent: active), and whose owners were dropped.
+  std::map<uint64_t, int64_t> silent_since_ms_;
+  std::set<uint64_t> dropped_members_;
   std::shared_ptr<net::Timer> expiry_timer_;
   // Cleared by the destructor: proposal callbacks that outlive this object do nothing.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

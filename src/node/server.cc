@@ -191,6 +191,7 @@ int RunServer(const ServerOptions& opts) {
   RegistryNode node(node_opts, io, log, clock);
   BrokerNodeOptions broker_opts;
   broker_opts.raft_id = opts.raft_node_id;
+  broker_opts.raft_status = [&log] { return log.raft().status().node; };
   BrokerNode broker(
       broker_opts, io,
       [&log](std::string data, ReplicatedLog::DoneFn done) {

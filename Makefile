@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 HTTP ?= 127.0.0.1:8500
 DATA_DIR ?= ./haven-data
 
-.PHONY: all deps configure build test unit run bench-registry bench-proxy bench-cluster format tidy clean
+.PHONY: all deps configure build test unit run bench-registry bench-proxy bench-cluster bench-mq format tidy clean
 
 all: build
 
@@ -41,6 +41,10 @@ bench-proxy:
 bench-cluster:
 	./scripts/install-deps.sh --bench
 	./bench/cluster/run.sh
+
+bench-mq:
+	./scripts/install-deps.sh --bench
+	./bench/mq/run.sh
 
 format:
 	find src tests bench -name '*.h' -o -name '*.cc' | xargs clang-format -i

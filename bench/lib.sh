@@ -1,4 +1,5 @@
-# Shell helpers every bench/*/run.sh sources: messages and stopping the processes a run started.
+# Shell helpers every bench/*/run.sh sources: messages, stopping the processes a run started,
+# free loopback ports and waiting for readiness.
 # shellcheck shell=bash
 
 log() { echo "$(basename "$(dirname "$0")")/run.sh: $*" >&2; }
@@ -19,4 +20,46 @@ stop_pid() {
   done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+}
+
+# A loopback port nothing listens on right now, that this run has not handed out yet, and below
+# the kernel's ephemeral range (where a client connection's local port could take it first). Sets
+# PORT (not printed: a subshell would lose USED_PORTS).
+USED_PORTS=" "
+EPHEMERAL_LO="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+[ "$EPHEMERAL_LO" -gt 12000 ] || EPHEMERAL_LO=32768
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((10000 + RANDOM % (EPHEMERAL_LO - 10000)))
+    [[ "$USED_PORTS" == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS+="$p "
+      PORT="$p"
+      return
+    fi
+  done
+  die "no free loopback port found"
+}
+
+# wait_for WHAT LOGFILE CMD...: polls CMD until it succeeds or START_DEADLINE_S passes; fails early
+# when a process in NODE_PID exited. On failure shows CMD's output ($WORK/probe.out) and LOGFILE.
+wait_for() {
+  local what="$1" logfile="$2"
+  shift 2
+  local deadline=$((SECONDS + START_DEADLINE_S)) pid
+  until "$@" >"$WORK/probe.out" 2>&1; do
+    for pid in "${NODE_PID[@]}"; do
+      if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 20 "$logfile" >&2 || true
+        die "$what: a member (pid $pid) exited during start-up"
+      fi
+    done
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 5 "$WORK/probe.out" >&2 || true
+      tail -n 20 "$logfile" >&2 || true
+      die "$what not ready within ${START_DEADLINE_S}s"
+    fi
+    sleep 0.2
+  done
 }

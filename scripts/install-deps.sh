@@ -12,7 +12,7 @@ PACKAGES=(
   nodejs
 )
 # Benchmark peers (bench/, never part of make test).
-BENCH_PACKAGES=(etcd-server etcd-client haproxy wrk curl jq)
+BENCH_PACKAGES=(etcd-server etcd-client haproxy wrk curl jq rabbitmq-server)
 
 want=("${PACKAGES[@]}")
 if [ "${1:-}" = "--bench" ]; then want+=("${BENCH_PACKAGES[@]}"); fi

@@ -81,7 +81,6 @@ declare -a NODE_HTTP=()
 declare -a NODE_RAFT=() # haven: raft HOST:PORT; etcd: member id (hex) once known
 LOAD_PID=""
 PERF_PID=""
-USED_PORTS=" "
 LOST_TOTAL=0
 
 
@@ -99,45 +98,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nothing listens on right now, that this run has not handed out yet, and below
-# the kernel's ephemeral range (where a client connection's local port could take it first).
-EPHEMERAL_LO="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-[ "$EPHEMERAL_LO" -gt 12000 ] || EPHEMERAL_LO=32768
-# Sets PORT (not printed: a subshell would lose USED_PORTS).
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((10000 + RANDOM % (EPHEMERAL_LO - 10000)))
-    [[ "$USED_PORTS" == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      USED_PORTS+="$p "
-      PORT="$p"
-      return
-    fi
-  done
-  die "no free loopback port found"
-}
 
-# Polls a command until it succeeds or the deadline passes; on failure shows the server's log.
-wait_for() {
-  local what="$1" logfile="$2"
-  shift 2
-  local deadline=$((SECONDS + START_DEADLINE_S)) pid
-  until "$@" >"$WORK/probe.out" 2>&1; do
-    for pid in "${NODE_PID[@]}"; do
-      if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
-        tail -n 5 "$logfile" >&2 || true
-        die "$what: a member (pid $pid) exited during start-up"
-      fi
-    done
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      tail -n 5 "$WORK/probe.out" >&2 || true
-      tail -n 20 "$logfile" >&2 || true
-      die "$what not ready within ${START_DEADLINE_S}s"
-    fi
-    sleep 0.2
-  done
-}
 
 probe_write() { # target port: one durable write through that member
   "$LOAD_BIN" --target "$1" --port "$2" --connections 1 --requests 1 --run-id probe --timeout 2s

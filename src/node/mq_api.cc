@@ -95,7 +95,10 @@ Status ParseDeclare(const std::string& body, mq::pb::DeclareQueue& d) {
   if (!args) return Status::Ok();
   if (!args->is_object()) return Status::InvalidArgument("arguments must be an object");
   auto* a = d.mutable_args();
-  for (const auto& [k, val] : args->as_object()) {
+  for (const auto& entry : args->as_object()) {
+    // Not a structured binding: lambdas may not capture those before C++20 compilers caught up.
+    const std::string_view k = entry.key();
+    const json::value& val = entry.value();
     auto number = [&](auto set) -> Status {
       if (!val.is_int64() || val.as_int64() < 0) {
         return Status::InvalidArgument(std::string(k) + " must be a non-negative integer");

@@ -128,7 +128,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   };
   std::map<uint64_t, PendingAsk> asks;
   uint64_t next_ask_id = 1;
-  static constexpr size_t kMaxAskBytes = 64 * 1024;
+  static constexpr size_t kMaxAskBytes = size_t{64} * 1024;
   Clock::time_point last_leader_contact{};  // when a frame from the leader last arrived
 
   // --- the executor's state ---

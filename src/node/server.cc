@@ -209,7 +209,7 @@ int RunServer(const ServerOptions& opts) {
   std::unique_ptr<ConsulApi> api;  // made once the bound address is known; no request runs before
   MqApi mq_api(broker);
   net::HttpServer server(io, http_opts,
-                         [&api, &mq_api](net::HttpRequest req, net::Responder respond) {
+                         [&api, &mq_api](const net::HttpRequest& req, net::Responder respond) {
                            if (MqApi::Owns(req.path)) return mq_api.Handle(req, std::move(respond));
                            api->Handle(req, std::move(respond));
                          });

@@ -107,31 +107,6 @@ std::optional<uint64_t> CommitIndexOf(const std::string& url) {
 
 // ---- KV reads ----
 
-// Key -> decoded value of everything under `prefix` on one node's local replica (?stale);
-// nullopt when it did not answer with a JSON array or a 404 (nothing there yet).
-std::optional<std::map<std::string, std::string>> ReadKv(const std::string& url,
-                                                         const std::string& prefix) {
-  Api api(url, kProbeTimeoutMs * 5);
-  Reply r = api.Get("/v1/kv/" + prefix + "?recurse&stale");
-  if (r.status == 404) return std::map<std::string, std::string>{};
-  json::value v = ParseJson(r.body);
-  if (r.status != 200 || !v.is_array()) return std::nullopt;
-  std::map<std::string, std::string> found;
-  for (const auto& e : v.as_array()) {
-    if (!e.is_object()) continue;
-    const auto* key = e.as_object().if_contains("Key");
-    const auto* value = e.as_object().if_contains("Value");
-    if (key == nullptr || !key->is_string()) continue;
-    std::string decoded;
-    if (value != nullptr && value->is_string()) {
-      auto d = Base64Decode(std::string(value->as_string()));
-      if (d.ok()) decoded = *d;
-    }
-    found[std::string(key->as_string())] = decoded;
-  }
-  return found;
-}
-
 // ---- the write load ----
 
 // What may be read back for one key once the load stopped: its last acknowledged value, or the
@@ -497,7 +472,7 @@ class ClusterMembershipTest : public ::testing::Test {
     WaitFor(
         [&] {
           missing.clear();
-          auto found = ReadKv(Url(id), prefix);
+          auto found = ReadKvTree(Url(id), prefix, "&stale");
           for (const auto& [k, v] : kv) {
             if (!found) {
               missing.push_back(k + " (node did not answer)");
@@ -530,7 +505,7 @@ class ClusterMembershipTest : public ::testing::Test {
         [&] {
           wrong.clear();
           stale_uncertain = late_uncertain = 0;
-          auto found = ReadKv(Url(id), load.prefix());
+          auto found = ReadKvTree(Url(id), load.prefix(), "&stale");
           if (!found) {
             wrong.push_back("(node did not answer)");
             return false;
@@ -658,8 +633,8 @@ TEST_F(ClusterMembershipTest, RemoveANodeAndAddAFreshOneUnderLoad) {
   std::optional<std::map<std::string, std::string>> on_leader, on_four;
   const bool same = WaitFor(
       [&] {
-        on_leader = ReadKv(Url(now_leader), "mb/");
-        on_four = ReadKv(Url(4), "mb/");
+        on_leader = ReadKvTree(Url(now_leader), "mb/", "&stale");
+        on_four = ReadKvTree(Url(4), "mb/", "&stale");
         return on_leader && on_four && *on_leader == *on_four;
       },
       kConvergeDeadlineMs, 50);

@@ -184,35 +184,10 @@ class WriteLoad {
   std::vector<std::thread> threads_;
 };
 
-// Key -> decoded value of everything under `prefix` on one node (its local replica); nullopt when
-// the node did not answer with a JSON array or a 404 (nothing there yet).
-std::optional<std::map<std::string, std::string>> ReadKv(const std::string& url,
-                                                         const std::string& prefix) {
-  Api api(url, kProbeTimeoutMs * 5);
-  Reply r = api.Get("/v1/kv/" + prefix + "?recurse");
-  if (r.status == 404) return std::map<std::string, std::string>{};
-  json::value v = ParseJson(r.body);
-  if (r.status != 200 || !v.is_array()) return std::nullopt;
-  std::map<std::string, std::string> found;
-  for (const auto& e : v.as_array()) {
-    if (!e.is_object()) continue;
-    const auto* key = e.as_object().if_contains("Key");
-    const auto* value = e.as_object().if_contains("Value");
-    if (key == nullptr || !key->is_string()) continue;
-    std::string decoded;
-    if (value != nullptr && value->is_string()) {
-      auto d = Base64Decode(std::string(value->as_string()));
-      if (d.ok()) decoded = *d;
-    }
-    found[std::string(key->as_string())] = decoded;
-  }
-  return found;
-}
-
 // Acknowledged writes not (yet) on the node with their value; all of them when it did not answer.
 std::vector<std::string> MissingOn(const std::string& url, const std::string& prefix,
                                    const std::map<std::string, std::string>& acked) {
-  auto found = ReadKv(url, prefix);
+  auto found = ReadKvTree(url, prefix);
   std::vector<std::string> missing;
   for (const auto& [key, value] : acked) {
     if (!found) {

@@ -25,6 +25,7 @@
 #include <sstream>
 #include <thread>
 
+#include "base/base64.h"
 #include "net/http_client.h"
 #include "net/http_server.h"
 #include "net/io_runtime.h"
@@ -299,6 +300,31 @@ CliResult RunCli(const std::vector<std::string>& args, int timeout_secs) {
   int status = pclose(f);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+std::optional<std::map<std::string, std::string>> ReadKvTree(const std::string& url,
+                                                             const std::string& prefix,
+                                                             std::string_view query) {
+  constexpr int64_t kReadTimeoutMs = 5000;
+  Api api(url, kReadTimeoutMs);
+  Reply r = api.Get("/v1/kv/" + prefix + "?recurse" + std::string(query));
+  if (r.status == 404) return std::map<std::string, std::string>{};
+  json::value v = ParseJson(r.body);
+  if (r.status != 200 || !v.is_array()) return std::nullopt;
+  std::map<std::string, std::string> found;
+  for (const auto& e : v.as_array()) {
+    if (!e.is_object()) continue;
+    const auto* key = e.as_object().if_contains("Key");
+    const auto* value = e.as_object().if_contains("Value");
+    if (key == nullptr || !key->is_string()) continue;
+    std::string decoded;
+    if (value != nullptr && value->is_string()) {
+      auto d = Base64Decode(std::string(value->as_string()));
+      if (d.ok()) decoded = *d;
+    }
+    found[std::string(key->as_string())] = decoded;
+  }
+  return found;
 }
 
 // ---- JSON and metrics helpers ----

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -151,6 +152,13 @@ struct CliResult {
 };
 // Runs the haven binary with `args`, bounded by timeout(1) (its own requests time out first).
 CliResult RunCli(const std::vector<std::string>& args, int timeout_secs = 60);
+
+// Key -> decoded value of everything under `prefix` on the server at `url` (`query` is added to
+// ?recurse, e.g. "&stale" for that node's own replica); nullopt when it did not answer with a JSON
+// array or a 404 (nothing there yet).
+std::optional<std::map<std::string, std::string>> ReadKvTree(const std::string& url,
+                                                             const std::string& prefix,
+                                                             std::string_view query = "");
 
 // Parses JSON; returns a null value on bad input (the test then fails on what it expected).
 boost::json::value ParseJson(std::string_view text);

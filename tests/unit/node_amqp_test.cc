@@ -22,30 +22,18 @@
 #include "node/amqp_server.h"
 #include "node/broker_node.h"
 #include "node/raft_log.h"
+#include "node_test_util.h"
 #include "storage/mem_log_store.h"
 
 namespace haven::node {
 namespace {
 
+using testutil::FreeAddress;
+using testutil::WaitUntil;
+
 namespace amqp = mq::amqp;
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-
-std::string FreeAddress() {
-  asio::io_context ioc;
-  tcp::acceptor a(ioc, {asio::ip::make_address("127.0.0.1"), 0});
-  return "127.0.0.1:" + std::to_string(a.local_endpoint().port());
-}
-
-template <typename F>
-bool WaitUntil(F f, int64_t ms = 10'000) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return f();
-}
 
 // A blocking AMQP client: just enough to drive the broker from a test.
 class Client {

@@ -16,28 +16,16 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "node_test_util.h"
 #include "storage/mem_log_store.h"
 
 namespace haven::node {
 namespace {
 
+using testutil::FreeAddress;
+using testutil::WaitUntil;
+
 // A loopback port free right now (bound, read, closed).
-std::string FreeAddress() {
-  boost::asio::io_context ioc;
-  boost::asio::ip::tcp::acceptor a(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
-  return "127.0.0.1:" + std::to_string(a.local_endpoint().port());
-}
-
-template <typename F>
-bool WaitUntil(F f, int64_t ms = 10'000) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return f();
-}
-
 // One member: its store survives Stop/Start (a restart), its applied log is what it committed.
 struct Member {
   uint64_t id;

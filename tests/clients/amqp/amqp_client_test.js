@@ -15,21 +15,16 @@
 'use strict';
 
 const assert = require('node:assert/strict');
-const {spawn} = require('node:child_process');
-const fs = require('node:fs');
 const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+
+const {HavenServer, havenBinary} = require('../lib/haven_server.js');
 const amqp = require('amqplib');
 
 const OVERALL_TIMEOUT_MS = 90_000;
-const LISTEN_DEADLINE_MS = 20_000;
 const CHECK_DEADLINE_MS = 20_000;
 const CLOSE_DEADLINE_MS = 3_000;
-const STOP_DEADLINE_MS = 5_000;
 const POLL_DEADLINE_MS = 5_000;  // for effects that are asynchronous: dead-lettering, expiry
 const POLL_INTERVAL_MS = 20;
-const MAX_STDERR_KEEP = 64 * 1024;
 
 // Checks the broker cannot do yet, by name. Empty when everything passes.
 const KNOWN_FAILING = new Set([]);
@@ -37,100 +32,15 @@ const RUN_KNOWN_FAILING = process.env.HAVEN_AMQP_RUN_KNOWN_FAILING === '1';
 
 const AMQP_LISTENING_RE = /event=amqp_listening\b.*\baddress=127\.0\.0\.1:(\d+)/;
 
-let server = null;      // the child process, while it runs
-let serverStderr = '';  // the tail of the server's stderr, printed on failure
-let dataDir = null;
 let tap = null;  // the FrameTap every check's connections go through
 
 function log(msg) {
   process.stdout.write(`${msg}\n`);
 }
 
-function havenBinary() {
-  const bin = process.env.HAVEN_BINARY || process.argv[2];
-  if (!bin) throw new Error('set HAVEN_BINARY or pass the haven binary path as argv[2]');
-  if (!fs.existsSync(bin)) throw new Error(`haven binary not found: ${bin}`);
-  return bin;
-}
+const havenServer = new HavenServer({portRe: AMQP_LISTENING_RE, log});
 
-function keepStderrTail(chunk) {
-  serverStderr += chunk;
-  if (serverStderr.length > MAX_STDERR_KEEP) serverStderr = serverStderr.slice(-MAX_STDERR_KEEP);
-}
 
-// Starts the server and resolves with its AMQP port, parsed from the `event=amqp_listening` line.
-function startServer(bin) {
-  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'haven-amqp-test-'));
-  const args = [
-    'server', '--data-dir', dataDir, '--http', '127.0.0.1:0', '--amqp', '127.0.0.1:0',
-    '--node-name', 't', '--log-level', 'info'
-  ];
-  server = spawn(bin, args, {stdio: ['ignore', 'ignore', 'pipe']});
-  log(`# started ${bin} ${args.join(' ')} (pid ${server.pid})`);
-  return new Promise((resolve, reject) => {
-    let lineBuf = '';
-    const timer = setTimeout(
-        () => reject(
-            new Error(`no 'event=amqp_listening' line on stderr within ${LISTEN_DEADLINE_MS} ms`)),
-        LISTEN_DEADLINE_MS);
-    server.stderr.setEncoding('utf8');
-    server.stderr.on('data', (chunk) => {
-      keepStderrTail(chunk);
-      lineBuf += chunk;
-      const lines = lineBuf.split('\n');
-      lineBuf = lines.pop().slice(-MAX_STDERR_KEEP);
-      for (const line of lines) {
-        const m = AMQP_LISTENING_RE.exec(line);
-        if (m) {
-          clearTimeout(timer);
-          resolve(Number(m[1]));
-        }
-      }
-    });
-    server.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    server.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited early: code=${code} signal=${signal}`));
-    });
-  });
-}
-
-// Stops the server by PID: SIGTERM, then SIGKILL if it does not exit in time.
-async function stopServer() {
-  const child = server;
-  server = null;
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    process.kill(child.pid, 'SIGTERM');
-    const timer = new Promise((resolve) => setTimeout(() => resolve('timeout'), STOP_DEADLINE_MS));
-    if ((await Promise.race([exited, timer])) === 'timeout') {
-      log(`# server pid ${child.pid} ignored SIGTERM for ${STOP_DEADLINE_MS} ms; sending SIGKILL`);
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
-  }
-  removeDataDir();
-}
-
-function removeDataDir() {
-  if (dataDir) fs.rmSync(dataDir, {recursive: true, force: true});
-  dataDir = null;
-}
-
-// Last resort if the process leaves through an unexpected path: never leave a server behind.
-process.on('exit', () => {
-  if (server && server.exitCode === null) {
-    try {
-      process.kill(server.pid, 'SIGKILL');
-    } catch (_) {
-      // already gone
-    }
-  }
-  removeDataDir();
-});
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -992,13 +902,13 @@ async function runChecks(url, results) {
 async function main() {
   const overall = setTimeout(() => {
     log(`not ok - overall timeout of ${OVERALL_TIMEOUT_MS} ms exceeded`);
-    log(`# server stderr (tail):\n${serverStderr.split('\n').slice(-40).join('\n')}`);
+    log(`# server stderr (tail):\n${havenServer.stderrTail(40)}`);
     process.exit(1);  // the exit hook kills the server
   }, OVERALL_TIMEOUT_MS);
   const results = {passed: 0, failed: [], skipped: 0};
   let setupError = null;
   try {
-    const port = await startServer(havenBinary());
+    const port = await havenServer.start(havenBinary());
     tap = new FrameTap(port);
     const tapPort = await tap.listen();
     log(`# amqp listening on 127.0.0.1:${port}, frame tap on ${tapPort}; amqplib ${
@@ -1008,14 +918,14 @@ async function main() {
     setupError = err;
   }
   if (tap) tap.close();
-  await stopServer().catch((err) => log(`# stopping the server failed: ${err}`));
+  await havenServer.stop().catch((err) => log(`# stopping the server failed: ${err}`));
   clearTimeout(overall);
   if (setupError) {
     log(`not ok - ${describe(setupError)}`);
     results.failed.push('setup');
   }
   if (results.failed.length > 0) {
-    log(`# server stderr (tail):\n${serverStderr.split('\n').slice(-40).join('\n')}`);
+    log(`# server stderr (tail):\n${havenServer.stderrTail(40)}`);
     log(`# FAILED: ${results.failed.join('; ')}`);
   }
   if (KNOWN_FAILING.size > 0 && !RUN_KNOWN_FAILING) {

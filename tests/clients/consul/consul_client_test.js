@@ -10,117 +10,26 @@
 'use strict';
 
 const assert = require('node:assert/strict');
-const {spawn} = require('node:child_process');
 const {EventEmitter} = require('node:events');
-const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
+
+const {HavenServer, havenBinary} = require('../lib/haven_server.js');
 const Consul = require('consul');
 
 const OVERALL_TIMEOUT_MS = 60_000;
-const LISTEN_DEADLINE_MS = 20_000;
 const STEP_DEADLINE_MS = 10_000;
-const STOP_DEADLINE_MS = 5_000;
-const MAX_STDERR_KEEP = 64 * 1024;
 const NODE_NAME = 't';
 
 const LISTENING_RE = /event=listening\b.*\bhttp=127\.0\.0\.1:(\d+)/;
 
-let server = null;      // the child process, while it runs
-let serverStderr = '';  // the tail of the server's stderr, printed on failure
-let dataDir = null;
 let passed = 0;
 
 function log(msg) {
   process.stdout.write(`${msg}\n`);
 }
 
-function havenBinary() {
-  const bin = process.env.HAVEN_BINARY || process.argv[2];
-  if (!bin) throw new Error('set HAVEN_BINARY or pass the haven binary path as argv[2]');
-  if (!fs.existsSync(bin)) throw new Error(`haven binary not found: ${bin}`);
-  return bin;
-}
+const havenServer = new HavenServer({portRe: LISTENING_RE, log, nodeName: NODE_NAME});
 
-function keepStderrTail(chunk) {
-  serverStderr += chunk;
-  if (serverStderr.length > MAX_STDERR_KEEP) serverStderr = serverStderr.slice(-MAX_STDERR_KEEP);
-}
 
-// Starts the server and resolves with its HTTP port, parsed from the `event=listening` log line.
-function startServer(bin) {
-  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'haven-consul-test-'));
-  const args = [
-    'server', '--data-dir', dataDir, '--http', '127.0.0.1:0', '--amqp', '127.0.0.1:0',
-    '--node-name', NODE_NAME,
-    '--log-level', 'info'
-  ];
-  server = spawn(bin, args, {stdio: ['ignore', 'ignore', 'pipe']});
-  log(`# started ${bin} ${args.join(' ')} (pid ${server.pid})`);
-  return new Promise((resolve, reject) => {
-    let lineBuf = '';
-    const timer = setTimeout(
-        () => reject(
-            new Error(`no 'event=listening' line on stderr within ${LISTEN_DEADLINE_MS} ms`)),
-        LISTEN_DEADLINE_MS);
-    server.stderr.setEncoding('utf8');
-    server.stderr.on('data', (chunk) => {
-      keepStderrTail(chunk);
-      lineBuf += chunk;
-      const lines = lineBuf.split('\n');
-      lineBuf = lines.pop().slice(-MAX_STDERR_KEEP);
-      for (const line of lines) {
-        const m = LISTENING_RE.exec(line);
-        if (m) {
-          clearTimeout(timer);
-          resolve(Number(m[1]));
-        }
-      }
-    });
-    server.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    server.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited early: code=${code} signal=${signal}`));
-    });
-  });
-}
-
-// Stops the server by PID: SIGTERM, then SIGKILL if it does not exit in time.
-async function stopServer() {
-  const child = server;
-  server = null;
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    process.kill(child.pid, 'SIGTERM');
-    const timer = new Promise((resolve) => setTimeout(() => resolve('timeout'), STOP_DEADLINE_MS));
-    if ((await Promise.race([exited, timer])) === 'timeout') {
-      log(`# server pid ${child.pid} ignored SIGTERM for ${STOP_DEADLINE_MS} ms; sending SIGKILL`);
-      process.kill(child.pid, 'SIGKILL');
-      await exited;
-    }
-  }
-  removeDataDir();
-}
-
-function removeDataDir() {
-  if (dataDir) fs.rmSync(dataDir, {recursive: true, force: true});
-  dataDir = null;
-}
-
-// Last resort if the process leaves through an unexpected path: never leave a server behind.
-process.on('exit', () => {
-  if (server && server.exitCode === null) {
-    try {
-      process.kill(server.pid, 'SIGKILL');
-    } catch (_) {
-      // already gone
-    }
-  }
-  removeDataDir();
-});
 
 function withDeadline(promise, ms, what) {
   let timer;
@@ -293,7 +202,7 @@ async function testWatch(consul) {
 }
 
 async function runTests() {
-  const port = await startServer(havenBinary());
+  const port = await havenServer.start(havenBinary());
   log(`# server listening on 127.0.0.1:${port}`);
   const consul = new Consul({host: '127.0.0.1', port});
   try {
@@ -333,11 +242,11 @@ async function main() {
   } catch (err) {
     failure = err;
   }
-  await stopServer().catch((err) => log(`# stopping the server failed: ${err}`));
+  await havenServer.stop().catch((err) => log(`# stopping the server failed: ${err}`));
   clearTimeout(overall);
   if (failure) {
     log(`not ok - ${describe(failure)}`);
-    log(`# server stderr (tail):\n${serverStderr.split('\n').slice(-40).join('\n')}`);
+    log(`# server stderr (tail):\n${havenServer.stderrTail(40)}`);
     log(`${passed} passed, 1 failed`);
     process.exit(1);
   }

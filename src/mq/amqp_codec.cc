@@ -28,7 +28,7 @@ void FieldTable::Set(std::string name, FieldValue value) {
       return;
     }
   }
-  entries.emplace_back(std::move(name), std::move(value));
+  entries.push_back({std::move(name), std::move(value)});
 }
 
 std::optional<int64_t> FieldValue::AsInt() const {
@@ -187,7 +187,7 @@ bool ReadTableBody(std::string_view bytes, FieldTable* out, int depth, Reader& o
     std::string name;
     FieldValue v;
     if (!r.ShortStr(&name) || !ReadValue(r, &v, depth)) break;
-    out->entries.emplace_back(std::move(name), std::move(v));
+    out->entries.push_back({std::move(name), std::move(v)});
   }
   if (!r.ok()) outer.Fail("in table: " + r.error());
   return r.ok();

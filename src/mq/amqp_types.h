@@ -70,6 +70,7 @@ inline constexpr uint16_t kClassTx = 90;
 inline constexpr int kMaxFieldDepth = 16;
 
 struct FieldValue;
+struct FieldEntry;
 
 // 'D': value / 10^scale.
 struct Decimal {
@@ -98,7 +99,9 @@ struct FieldArray {
 };
 // 'F' (and every table argument). Entries keep their wire order; a duplicate name is kept as sent.
 struct FieldTable {
-  std::vector<std::pair<std::string, FieldValue>> entries;
+  // A named struct, not std::pair: a pair of an incomplete FieldValue is ill-formed (clang says
+  // so).
+  std::vector<FieldEntry> entries;
   bool operator==(const FieldTable& o) const;
 
   // First entry named `name`, or null.
@@ -138,6 +141,13 @@ struct FieldValue {
   std::optional<int64_t> AsInt() const;
   // 'S' or 'x' contents; nullopt for other types.
   std::optional<std::string_view> AsString() const;
+};
+
+// One named table entry.
+struct FieldEntry {
+  std::string name;
+  FieldValue value;
+  bool operator==(const FieldEntry&) const = default;
 };
 
 // ---- Basic properties (content header of class basic) -------------------------------------------

@@ -11,8 +11,23 @@
 namespace haven::mq::amqp {
 
 // ---- Field value helpers (declared in amqp_types.h) ---------------------------------------------
+FieldArray::FieldArray() = default;
+FieldArray::FieldArray(std::vector<FieldValue> values) : items(std::move(values)) {}
+FieldArray::FieldArray(const FieldArray&) = default;
+FieldArray::FieldArray(FieldArray&&) noexcept = default;
+FieldArray& FieldArray::operator=(const FieldArray&) = default;
+FieldArray& FieldArray::operator=(FieldArray&&) noexcept = default;
+FieldArray::~FieldArray() = default;
+FieldTable::FieldTable() = default;
+FieldTable::FieldTable(const FieldTable&) = default;
+FieldTable::FieldTable(FieldTable&&) noexcept = default;
+FieldTable& FieldTable::operator=(const FieldTable&) = default;
+FieldTable& FieldTable::operator=(FieldTable&&) noexcept = default;
+FieldTable::~FieldTable() = default;
+
 bool FieldArray::operator==(const FieldArray& o) const { return items == o.items; }
 bool FieldTable::operator==(const FieldTable& o) const { return entries == o.entries; }
+bool FieldTable::empty() const { return entries.empty(); }
 
 const FieldValue* FieldTable::Find(std::string_view name) const {
   for (const auto& [key, value] : entries) {

@@ -93,12 +93,29 @@ struct Void {
   bool operator==(const Void&) const = default;
 };
 // 'A'
+// FieldArray and FieldTable hold FieldValues, which hold them: their special members are defined
+// in amqp_codec.cc, where FieldValue is complete (clang refuses the implicit ones here).
 struct FieldArray {
+  FieldArray();
+  explicit FieldArray(std::vector<FieldValue> values);
+  FieldArray(const FieldArray&);
+  FieldArray(FieldArray&&) noexcept;
+  FieldArray& operator=(const FieldArray&);
+  FieldArray& operator=(FieldArray&&) noexcept;
+  ~FieldArray();
+
   std::vector<FieldValue> items;
   bool operator==(const FieldArray& o) const;
 };
 // 'F' (and every table argument). Entries keep their wire order; a duplicate name is kept as sent.
 struct FieldTable {
+  FieldTable();
+  FieldTable(const FieldTable&);
+  FieldTable(FieldTable&&) noexcept;
+  FieldTable& operator=(const FieldTable&);
+  FieldTable& operator=(FieldTable&&) noexcept;
+  ~FieldTable();
+
   // A named struct, not std::pair: a pair of an incomplete FieldValue is ill-formed (clang says
   // so).
   std::vector<FieldEntry> entries;
@@ -108,7 +125,7 @@ struct FieldTable {
   const FieldValue* Find(std::string_view name) const;
   // Replaces the first entry named `name` or appends one.
   void Set(std::string name, FieldValue value);
-  bool empty() const { return entries.empty(); }
+  bool empty() const;
 };
 
 // One table value. The alternative is the wire type, following RabbitMQ's table types:

@@ -22,7 +22,7 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr size_t kReadChunk = 64 * 1024;
+constexpr size_t kReadChunk = size_t{64} * 1024;
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -100,7 +100,9 @@ std::optional<std::pair<std::string, std::string>> ParseCredentials(const std::s
 // queue.declare x-arguments haven understands; others are ignored, as RabbitMQ ignores unknown
 // ones.
 std::optional<amqp::AmqpError> ParseQueueArgs(const amqp::FieldTable& t, mq::pb::QueueArgs* out) {
-  for (const auto& [k, v] : t.entries) {
+  for (const auto& entry : t.entries) {
+    const std::string& k = entry.name;  // not a structured binding: the lambdas capture it
+    const amqp::FieldValue& v = entry.value;
     auto bad = [&](const std::string& why) {
       return ErrorFor<amqp::QueueDeclare>(amqp::kPreconditionFailed,
                                           "PRECONDITION_FAILED - invalid arg '" + k + "': " + why);
@@ -390,7 +392,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
   }
   void FireAndForget(mq::pb::Command cmd) {
     if (!attached || closed) return;  // Detach's DropOwner covers it
-    broker.Propose(std::move(cmd), [](Result<mq::ApplyResult>) {});
+    broker.Propose(std::move(cmd), [](const Result<mq::ApplyResult>&) {});
   }
 
   // ---- frames ----

@@ -88,7 +88,7 @@ void BrokerNode::Detach(const std::string& owner) {
   if (sinks_.erase(owner) == 0) return;
   mq::pb::Command cmd;
   cmd.mutable_drop_owner()->set_owner(owner);
-  Propose(std::move(cmd), [](Result<mq::ApplyResult> r) { LogIfFailed("detach", r); });
+  Propose(std::move(cmd), [](const Result<mq::ApplyResult>& r) { LogIfFailed("detach", r); });
 }
 
 void BrokerNode::Apply(uint64_t index, const std::string& data) {
@@ -144,7 +144,7 @@ void BrokerNode::MaybeProposeDispatch() {
   dispatch_in_flight_ = true;
   mq::pb::Command cmd;
   cmd.mutable_dispatch();
-  Propose(std::move(cmd), [this, alive = alive_](Result<mq::ApplyResult> r) {
+  Propose(std::move(cmd), [this, alive = alive_](const Result<mq::ApplyResult>& r) {
     if (!*alive) return;
     LogIfFailed("dispatch", r);
     if (!r.ok()) dispatch_in_flight_ = false;
@@ -191,7 +191,7 @@ void BrokerNode::OnExpiryTimer() {
     expire_in_flight_ = true;
     mq::pb::Command cmd;
     cmd.mutable_expire();
-    Propose(std::move(cmd), [this, alive = alive_](Result<mq::ApplyResult> r) {
+    Propose(std::move(cmd), [this, alive = alive_](const Result<mq::ApplyResult>& r) {
       if (!*alive) return;
       LogIfFailed("expire", r);
       if (!r.ok()) expire_in_flight_ = false;
@@ -236,7 +236,7 @@ void BrokerNode::DropMember(uint64_t id, const char* why) {
   auto* d = cmd.mutable_drop_owner();
   d->set_owner(std::to_string(id) + ":");
   d->set_raw_prefix(true);
-  Propose(std::move(cmd), [this, alive = alive_, id](Result<mq::ApplyResult> r) {
+  Propose(std::move(cmd), [this, alive = alive_, id](const Result<mq::ApplyResult>& r) {
     if (!*alive) return;
     LogIfFailed("drop_member", r);
     if (!r.ok()) dropped_members_.erase(id);  // try again on the next tick
@@ -251,7 +251,8 @@ void BrokerNode::DropPreviousBoots() {
   d->set_owner(std::to_string(opts_.raft_id) + ":");
   d->set_raw_prefix(true);
   d->set_except(std::to_string(opts_.raft_id) + ":" + boot_);
-  Propose(std::move(cmd), [](Result<mq::ApplyResult> r) { LogIfFailed("drop_previous_boots", r); });
+  Propose(std::move(cmd),
+          [](const Result<mq::ApplyResult>& r) { LogIfFailed("drop_previous_boots", r); });
 }
 
 }  // namespace haven::node

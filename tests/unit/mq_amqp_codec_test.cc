@@ -31,7 +31,7 @@ FieldTable EveryTypeTable() {
   inner.Set("deep", FieldValue(int32_t{-7}));
   FieldArray arr;
   arr.items = {FieldValue(true), FieldValue("in array"), FieldValue(inner),
-               FieldValue(FieldArray{{FieldValue(int64_t{1}), FieldValue(Void{})}})};
+               FieldValue(FieldArray({FieldValue(int64_t{1}), FieldValue(Void{})}))};
   FieldTable t;
   t.Set("bool", FieldValue(true));
   t.Set("i8", FieldValue(int8_t{-5}));

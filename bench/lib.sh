@@ -63,3 +63,16 @@ wait_for() {
     sleep 0.2
   done
 }
+
+# build_haven_and LOAD_TARGET LOAD_PATH: builds `haven` and the run's load generator (RelWithDebInfo
+# in $BUILD_DIR) unless HAVEN_BIN and LOAD_BIN are given; sets both.
+build_haven_and() {
+  local target="$1" path="$2"
+  if [ -n "${HAVEN_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then return; fi
+  if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+    cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  fi
+  ninja -C "$BUILD_DIR" haven "$target" >/dev/null || die "build of haven and $target failed"
+  HAVEN_BIN="${HAVEN_BIN:-$BUILD_DIR/haven}"
+  LOAD_BIN="${LOAD_BIN:-$BUILD_DIR/$path}"
+}

@@ -59,16 +59,7 @@ in_range CONNECTIONS "$CONNECTIONS" 1 4096
 in_range KILL_CONNECTIONS "$KILL_CONNECTIONS" 1 4096
 
 # --- build -----------------------------------------------------------------------------------------
-build() {
-  if [ -n "${HAVEN_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then return; fi
-  if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-    cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  fi
-  ninja -C "$BUILD_DIR" haven bench_registry_load >/dev/null ||
-    die "build failed (bench targets need add_subdirectory(bench) in the top-level CMakeLists.txt)"
-  HAVEN_BIN="${HAVEN_BIN:-$BUILD_DIR/haven}"
-  LOAD_BIN="${LOAD_BIN:-$BUILD_DIR/bench/registry/bench_registry_load}"
-}
+build() { build_haven_and bench_registry_load bench/registry/bench_registry_load; }
 
 # --- processes -------------------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/haven-bench-cluster.XXXXXX")"

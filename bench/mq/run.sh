@@ -52,15 +52,7 @@ in_range CONSUMERS "$CONSUMERS" 1 256
 for s in $SIZES; do [ "$s" = 1 ] || [ "$s" = 3 ] || die "SIZES holds 1 and/or 3, got '$s'"; done
 
 # --- build -----------------------------------------------------------------------------------------
-build() {
-  if [ -n "${HAVEN_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then return; fi
-  if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-    cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  fi
-  ninja -C "$BUILD_DIR" haven bench_mq_load >/dev/null || die "build of haven and bench_mq_load failed"
-  HAVEN_BIN="${HAVEN_BIN:-$BUILD_DIR/haven}"
-  LOAD_BIN="${LOAD_BIN:-$BUILD_DIR/bench/mq/bench_mq_load}"
-}
+build() { build_haven_and bench_mq_load bench/mq/bench_mq_load; }
 
 # --- processes -------------------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/haven-bench-mq.XXXXXX")"

@@ -716,14 +716,19 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     return static_cast<uint32_t>(std::min<uint64_t>(v, UINT32_MAX));
   }
 
-  void QueueBind(uint16_t id, Channel& ch, const amqp::QueueBind& x) {
-    mq::pb::Command cmd;
-    auto* c = cmd.mutable_bind();
+  // queue.bind and queue.unbind name a binding the same way.
+  template <typename Cmd, typename Method>
+  void FillBinding(Cmd* c, Channel& ch, const Method& x) {
     c->set_exchange(x.exchange);
     c->set_queue(QueueName(ch, x.queue));
     c->set_routing_key(x.routing_key);
     c->set_arguments(amqp::EncodeFieldTable(x.arguments));
     c->set_owner(owner);
+  }
+
+  void QueueBind(uint16_t id, Channel& ch, const amqp::QueueBind& x) {
+    mq::pb::Command cmd;
+    FillBinding(cmd.mutable_bind(), ch, x);
     bool no_wait = x.no_wait;
     ProposeOn<amqp::QueueBind>(id, std::move(cmd), [this, id, no_wait](Channel&, auto&) {
       if (!no_wait) SendMethod(id, amqp::QueueBindOk{});
@@ -732,12 +737,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
 
   void QueueUnbind(uint16_t id, Channel& ch, const amqp::QueueUnbind& x) {
     mq::pb::Command cmd;
-    auto* c = cmd.mutable_unbind();
-    c->set_exchange(x.exchange);
-    c->set_queue(QueueName(ch, x.queue));
-    c->set_routing_key(x.routing_key);
-    c->set_arguments(amqp::EncodeFieldTable(x.arguments));
-    c->set_owner(owner);
+    FillBinding(cmd.mutable_unbind(), ch, x);
     ProposeOn<amqp::QueueUnbind>(
         id, std::move(cmd), [this, id](Channel&, auto&) { SendMethod(id, amqp::QueueUnbindOk{}); });
   }

@@ -5,7 +5,7 @@ JOBS ?= $(shell nproc)
 HTTP ?= 127.0.0.1:8500
 DATA_DIR ?= ./haven-data
 
-.PHONY: all deps configure build test unit run bench-registry bench-proxy bench-cluster bench-mq format tidy clean
+.PHONY: all deps configure build test unit run demo bench-registry bench-proxy bench-cluster bench-mq format tidy clean
 
 all: build
 
@@ -29,6 +29,10 @@ unit: build
 
 run: deps build
 	$(BUILD_DIR)/haven server --http $(HTTP) --data-dir $(DATA_DIR)
+
+# The 100-service scenario under load and chaos (docs/demo.md); DEMO_FLAGS="--cluster 3 --chaos-leader".
+demo: deps build
+	$(BUILD_DIR)/haven demo $(DEMO_FLAGS)
 
 bench-registry:
 	./scripts/install-deps.sh --bench

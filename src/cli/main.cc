@@ -9,6 +9,7 @@
 #include "cli/client_commands.h"
 #include "cli/cluster_commands.h"
 #include "cli/proxy_command.h"
+#include "demo/demo_command.h"
 #include "node/server.h"
 
 namespace {
@@ -71,6 +72,8 @@ int Main(int argc, char** argv) {
   haven::cli::AddClusterCommands(app, client_opts);
   haven::cli::ProxyCommandOptions proxy_opts;
   haven::cli::AddProxyCommand(app, proxy_opts);
+  haven::demo::DemoCommandOptions demo_opts;
+  haven::demo::AddDemoCommands(app, demo_opts);
 
   CLI11_PARSE(app, argc, argv);
   if (!haven::log::SetLevel(log_level)) {
@@ -87,6 +90,7 @@ int Main(int argc, char** argv) {
     return haven::node::RunServer(server_opts);
   }
   if (haven::cli::ProxyCommandParsed(proxy_opts)) return haven::cli::RunProxyCommand(proxy_opts);
+  if (int code = haven::demo::RunDemoCommands(demo_opts); code >= 0) return code;
   return haven::cli::RunClientCommand(app, client_opts);
 }
 

@@ -24,7 +24,9 @@ namespace haven::demo {
 
 namespace {
 
-constexpr int kStartThreads = 8;  // instances registered in parallel at start and stop
+constexpr int kStartThreads = 8;          // instances registered in parallel at start and stop
+constexpr int kMaxHeartbeatFailures = 3;  // in a row: the agent node is down, end the round
+constexpr int kStartAttempts = 60;        // per instance, 500 ms apart: the agent may be restarting
 
 // Runs fn(i) for i in [0, n) on up to kStartThreads threads.
 void ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
@@ -42,9 +44,13 @@ void ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
 class Fleet {
  public:
   Fleet(net::IoRuntime& runtime, const WorkerOptions& o) : options_(o) {
+    // Agent endpoints (register, check pass, deregister) act on the node they are sent to, as in
+    // Consul: a worker talks to one node, its agent, and never fails over to another (a copy of
+    // an instance registered on a second node would outlive it there, heartbeats going elsewhere).
+    options_.registries = {o.registries[o.worker % o.registries.size()]};
     for (const InstanceRef& ref : InstancesOfWorker(o.worker, o.services, o.instances, o.workers)) {
-      InstanceConfig c{ref,          o.services, o.work_dir,         o.amqp,
-                       o.registries, o.ttl_ms,   o.check_interval_ms};
+      InstanceConfig c{ref,      o.services,         o.work_dir, o.amqp, options_.registries,
+                       o.ttl_ms, o.check_interval_ms};
       auto inst = std::make_unique<Instance>(runtime, c);
       by_id_[inst->id()] = inst.get();
       all_.push_back(std::move(inst));
@@ -58,6 +64,10 @@ class Fleet {
     ParallelFor(all_.size(), [&](size_t i) {
       RegistryClient reg(options_.registries);
       Status s = all_[i]->Start(reg);
+      for (int attempt = 1; !s.ok() && attempt < kStartAttempts; ++attempt) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));  // backoff between attempts
+        s = all_[i]->Start(reg);
+      }
       std::lock_guard lock(mu);
       if (!s.ok() && first.ok()) first = s;
     });
@@ -73,11 +83,23 @@ class Fleet {
     });
   }
 
+  // One round of TTL heartbeats. Failures in a row end the round: waiting out a
+  // timeout per instance would starve the rest; the next round comes a third of a TTL later.
   void HeartbeatAll(RegistryClient& reg) {
+    int failed = 0;
     for (auto& inst : all_) {
-      if (inst->up()) (void)reg.Heartbeat(inst->id());
+      if (!inst->up()) continue;
+      Status s = reg.Heartbeat(inst->id());
+      if (s.ok()) {
+        failed = 0;
+        continue;
+      }
+      HLOG_WARN("demo_heartbeat_failed", "instance={} error=\"{}\"", inst->id(), s.ToString());
+      if (++failed >= kMaxHeartbeatFailures) return;
     }
   }
+
+  const std::vector<std::string>& agent() const { return options_.registries; }
 
   net::HttpResponse Control(const net::HttpRequest& req) {
     net::HttpResponse r;
@@ -174,7 +196,7 @@ int RunWorker(const WorkerOptions& o) {
   std::mutex mu;
   std::condition_variable cv;
   std::thread heartbeat([&] {
-    RegistryClient reg(o.registries, 2000);
+    RegistryClient reg(fleet.agent(), 2000);
     std::unique_lock lock(mu);
     while (!stop.load()) {
       lock.unlock();

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <boost/json.hpp>
 
 #include "base/log.h"
 #include "demo/layout.h"
@@ -133,6 +134,7 @@ class Demo {
   void SampleRss();
   Status Drain();
   void ReadProxyMetrics();
+  void NoteBusyQueues();
   void Shutdown(bool fast);
   std::string Url(int server) const {
     return fmt::format("http://127.0.0.1:{}", servers_[server].http);
@@ -603,13 +605,37 @@ Status Demo::Drain() {
       },
       o_.drain_timeout_s * 1000);
   if (!check.ok()) return check.status();
-  if (!drained)
+  if (!drained) {
     Note(fmt::format("events still unrecorded after the {} s drain", o_.drain_timeout_s));
+    NoteBusyQueues();
+  }
   report_.lost_writes = check->lost_writes;
   report_.events_published = check->events_published;
   report_.events_consumed = check->events_consumed;
   report_.events_lost = check->events_lost;
   return Status::Ok();
+}
+
+// Where undelivered events sit, for the report: queues still holding messages after the drain.
+void Demo::NoteBusyQueues() {
+  auto r = registry_->Request("GET", "/v1/mq/queues");
+  if (!r.ok() || r->status != 200) return;
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(r->body, ec);
+  if (ec || !v.is_array()) return;
+  for (const boost::json::value& q : v.get_array()) {
+    const boost::json::object* o = q.if_object();
+    if (!o) continue;
+    auto num = [&](const char* k) {
+      const boost::json::value* x = o->if_contains(k);
+      return x && x->is_number() ? x->to_number<double>() : 0.0;
+    };
+    if (num("messages_ready") + num("messages_unacknowledged") == 0) continue;
+    const boost::json::value* name = o->if_contains("name");
+    Note(fmt::format("queue {}: {} ready, {} unacked, {} consumers",
+                     name ? boost::json::serialize(*name) : "?", num("messages_ready"),
+                     num("messages_unacknowledged"), num("consumers")));
+  }
 }
 
 void Demo::ReadProxyMetrics() {

@@ -72,6 +72,7 @@ void LoadGenerator::Stop() {
 
 void LoadGenerator::RecordFailure(std::string what) {
   failures_++;
+  while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
   std::lock_guard lock(samples_mu_);
   if (samples_.size() < kMaxSamples) samples_.push_back(std::move(what));
 }

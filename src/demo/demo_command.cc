@@ -24,8 +24,7 @@ void AddDemoCommands(CLI::App& app, DemoCommandOptions& opts) {
   c->add_option("--write-fraction", d.write_fraction, "Share of writes in the load, 0..1")
       ->capture_default_str();
   c->add_flag("--chaos,!--no-chaos", d.chaos,
-              "Kill and restart instances and workers during the run")
-      ->capture_default_str();
+              "Kill and restart instances and workers during the run (default: on)");
   c->add_flag("--chaos-leader", d.chaos_leader,
               "With --cluster 3: SIGKILL the registry leader every 10 s and restart it");
   c->add_option("--kill-rate", d.kill_rate, "Chaos kills per second, (0, 100]")

@@ -24,7 +24,8 @@ namespace haven::demo {
 
 namespace {
 
-constexpr int kStartThreads = 8;          // instances registered in parallel at start and stop
+constexpr int kStartThreads = 8;  // instances registered in parallel at start and stop
+constexpr size_t kHeartbeatThreads = 8;
 constexpr int kMaxHeartbeatFailures = 3;  // in a row: the agent node is down, end the round
 constexpr int kStartAttempts = 60;        // per instance, 500 ms apart: the agent may be restarting
 
@@ -83,18 +84,20 @@ class Fleet {
     });
   }
 
-  // One round of TTL heartbeats. Failures in a row end the round: waiting out a
-  // timeout per instance would starve the rest; the next round comes a third of a TTL later.
-  void HeartbeatAll(RegistryClient& reg) {
+  // One round of TTL heartbeats over every slices-th instance from `slice`. Failures in a row end
+  // the round: waiting out a timeout per instance would starve the rest; the next round comes a
+  // third of a TTL after this one started.
+  void HeartbeatSlice(RegistryClient& reg, size_t slice, size_t slices) {
     int failed = 0;
-    for (auto& inst : all_) {
-      if (!inst->up()) continue;
-      Status s = reg.Heartbeat(inst->id());
+    for (size_t i = slice; i < all_.size(); i += slices) {
+      Instance& inst = *all_[i];
+      if (!inst.up()) continue;
+      Status s = reg.Heartbeat(inst.id());
       if (s.ok()) {
         failed = 0;
         continue;
       }
-      HLOG_WARN("demo_heartbeat_failed", "instance={} error=\"{}\"", inst->id(), s.ToString());
+      HLOG_WARN("demo_heartbeat_failed", "instance={} error=\"{}\"", inst.id(), s.ToString());
       if (++failed >= kMaxHeartbeatFailures) return;
     }
   }
@@ -195,16 +198,24 @@ int RunWorker(const WorkerOptions& o) {
   std::atomic<bool> stop{false};
   std::mutex mu;
   std::condition_variable cv;
-  std::thread heartbeat([&] {
-    RegistryClient reg(fleet.agent(), 2000);
-    std::unique_lock lock(mu);
-    while (!stop.load()) {
-      lock.unlock();
-      fleet.HeartbeatAll(reg);
-      lock.lock();
-      cv.wait_for(lock, std::chrono::milliseconds(o.ttl_ms / 3), [&] { return stop.load(); });
-    }
-  });
+  // Heartbeats on several threads: one round must stay well inside a TTL even when the agent
+  // answers slowly (each heartbeat is forwarded to the leader; after a leader change a round of
+  // 100 one at a time took 10 s here, and TTLs expired).
+  std::vector<std::thread> heartbeats;
+  for (size_t t = 0; t < kHeartbeatThreads; ++t) {
+    heartbeats.emplace_back([&, t] {
+      RegistryClient reg(fleet.agent(), 2000);
+      std::unique_lock lock(mu);
+      while (!stop.load()) {
+        const auto next =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(o.ttl_ms / 3);
+        lock.unlock();
+        fleet.HeartbeatSlice(reg, t, kHeartbeatThreads);
+        lock.lock();
+        cv.wait_until(lock, next, [&] { return stop.load(); });
+      }
+    });
+  }
 
   int sig = net::IoRuntime::WaitForSignal({SIGINT, SIGTERM});
   HLOG_INFO("demo_worker_stopping", "worker={} signal={}", o.worker, sig);
@@ -213,7 +224,7 @@ int RunWorker(const WorkerOptions& o) {
     stop = true;
   }
   cv.notify_all();
-  heartbeat.join();
+  for (auto& t : heartbeats) t.join();
   control.Stop();
   fleet.StopAndDeregisterAll();
   control_runtime.Stop();

@@ -47,7 +47,7 @@ bool IsValidKey(const std::string& key) {
   return true;
 }
 
-struct Instance::Live {
+struct Instance::Live : std::enable_shared_from_this<Instance::Live> {
   InstanceConfig config;
   std::string id;
   std::string service;
@@ -232,6 +232,29 @@ bool Instance::up() const {
   return live_ != nullptr;
 }
 
+// A restarted instance comes back at its previous port when it is free, as a restarted service
+// would at its address: a proxy whose registry is unreachable still holds that address.
+Status Instance::Listen(Live& live) {
+  net::HttpServerOptions so;
+  so.host = "127.0.0.1";
+  so.max_body_bytes = kMaxValueBytes + 1024;
+  so.max_connections = 1000;
+  so.idle_timeout_ms = 120000;
+  std::weak_ptr<Live> weak = live.shared_from_this();
+  auto handler = [weak](net::HttpRequest req, net::Responder respond) {
+    if (auto l = weak.lock()) l->Handle(std::move(req), std::move(respond));
+  };
+  Status s = Status::Unavailable("not started");
+  for (uint16_t port : {last_port_, uint16_t{0}}) {
+    so.port = port;
+    live.server = std::make_unique<net::HttpServer>(runtime_, so, handler);
+    s = live.server->Start();
+    if (s.ok()) break;
+  }
+  if (s.ok()) last_port_ = live.server->port();
+  return s;
+}
+
 Status Instance::Start(RegistryClient& registry) {
   Kill();
   auto live = std::make_shared<Live>();
@@ -241,18 +264,7 @@ Status Instance::Start(RegistryClient& registry) {
   if (Status s = live->db.Open(DbPath(config_.work_dir, config_.ref.service), false); !s.ok()) {
     return s;
   }
-  net::HttpServerOptions so;
-  so.host = "127.0.0.1";
-  so.port = 0;
-  so.max_body_bytes = kMaxValueBytes + 1024;
-  so.max_connections = 1000;
-  so.idle_timeout_ms = 120000;
-  std::weak_ptr<Live> weak = live;
-  live->server = std::make_unique<net::HttpServer>(
-      runtime_, so, [weak](net::HttpRequest req, net::Responder respond) {
-        if (auto l = weak.lock()) l->Handle(std::move(req), std::move(respond));
-      });
-  if (Status s = live->server->Start(); !s.ok()) return s;
+  if (Status s = Listen(*live); !s.ok()) return s;
   live->writer = std::thread([l = live.get()] { l->RunWriter(); });
   live->consumer = std::thread([l = live.get()] { l->RunConsumer(); });
   {

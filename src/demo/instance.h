@@ -48,7 +48,10 @@ class Instance {
   struct Live;  // everything one Start..Kill lives for (instance.cc)
 
  private:
+  Status Listen(Live& live);
+
   net::IoRuntime& runtime_;
+  uint16_t last_port_ = 0;  // 0: none yet
   InstanceConfig config_;
   std::string id_;
   mutable std::mutex mu_;

@@ -140,7 +140,7 @@ TEST(DemoTest, SigintMidRunLeavesNoProcessBehind) {
   ASSERT_EQ(::kill(demo.pid(), SIGINT), 0);
   const int64_t t0 = NowMs();
   EXPECT_EQ(demo.WaitExit(30000), 130) << demo.Log();
-  EXPECT_LT(NowMs() - t0, 15000);
+  EXPECT_LT(NowMs() - t0, 20000);  // load threads finish their request, then 3 s + 3 s of grace
   for (pid_t p : ReadPids(work + "/pids")) EXPECT_TRUE(Gone(p)) << "pid " << p << " left behind";
 }
 

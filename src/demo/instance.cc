@@ -75,7 +75,12 @@ void Instance::Live::Handle(net::HttpRequest req, net::Responder respond) {
   if (req.path == "/health" || req.path == "/" + service + "/health") {
     return respond(Text(200, "ok " + id + "\n"));
   }
-  if (!req.path.starts_with(prefix)) return respond(Text(404, "no such path\n"));
+  if (!req.path.starts_with(prefix)) {
+    // Another service's request: a balancer with a stale address (this port belonged to a dead
+    // instance of that service) sent it here. 503 makes the proxy retry it elsewhere.
+    if (req.path.starts_with("/svc-")) return respond(Text(503, "this is " + id + "\n"));
+    return respond(Text(404, "no such path\n"));
+  }
   std::string key = req.path.substr(prefix.size());
   if (!IsValidKey(key)) {
     return respond(Text(400, "key must be 1-128 bytes of [A-Za-z0-9._-]\n"));

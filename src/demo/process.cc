@@ -105,7 +105,9 @@ void Children::Terminate(const std::vector<pid_t>& pids, int64_t grace_ms) {
     for (pid_t p : targets) WaitExit(p, std::max<int64_t>(0, end - NowMs()));
   }
   for (pid_t p : targets) Kill(p);
-  if (pids.empty() && pgid_ > 0) kill(-pgid_, SIGKILL);  // anything the children started
+  // Anything the children started; only while a child of ours was alive, so that the group id
+  // cannot have been reused by someone else's processes.
+  if (pids.empty() && pgid_ > 0 && !targets.empty()) kill(-pgid_, SIGKILL);
 }
 
 std::vector<std::string> Children::ReapExited() {

@@ -404,6 +404,33 @@ TEST(ProxyValidateTest, Clusters) {
   EXPECT_TRUE(ValidateProxyOptions(ring).ok());
 }
 
+// Issue 7's settings: adaptive per-try timeout, connect-failure ejection, probes of ejected
+// instances. Defaults give the fast failover out of the box; each has a validated range.
+TEST(ProxyValidateTest, FailureTransitionSettings) {
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "try-timeout-multiplier"), "3");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "try-timeout-floor"), "25ms");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "outlier-connect-failures"), "1");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "probe-interval"), "50ms");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "probe-timeout"), "1s");
+  ClusterOptions c;
+  ASSERT_TRUE(SetClusterSetting(&c, "try-timeout-multiplier", "0").ok());
+  EXPECT_EQ(c.try_timeout.multiplier, 0);
+  ASSERT_TRUE(SetClusterSetting(&c, "probe-interval", "0").ok());
+  EXPECT_EQ(c.probe_interval_ms, 0);
+  ASSERT_TRUE(SetClusterSetting(&c, "outlier-connect-failures", "3").ok());
+  EXPECT_EQ(c.outlier.consecutive_connect_failures, 3);
+  EXPECT_THAT(ErrorOf(SetClusterSetting(&c, "try-timeout-floor", "soon")),
+              HasSubstr("try-timeout-floor"));
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].try_timeout.multiplier = 101; },
+                "--try-timeout-multiplier");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].try_timeout.floor_ms = 0; },
+                "--try-timeout-floor");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].outlier.consecutive_connect_failures = 0; },
+                "--outlier-connect-failures");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].probe_interval_ms = -1; }, "--probe-interval");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].probe_timeout_ms = 0; }, "--probe-timeout");
+}
+
 TEST(ProxyValidateTest, HealthChecks) {
   ProxyOptions ok = ValidOptions();
   ok.clusters[0].health.path = "/healthz";

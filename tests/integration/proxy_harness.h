@@ -451,11 +451,11 @@ class TimedLoad {
   }
   // The slowest call that ended since the last TakeMaxMs (or the start), and starts a new phase.
   int64_t TakeMaxMs() { return max_ms_.exchange(0); }
-  // Calls slower than `ms` so far.
+  // Calls slower than `ms` (>= 50) so far, to 10 ms.
   int64_t SlowerThan(int64_t ms) const {
     std::lock_guard lock(mu_);
     int64_t n = 0;
-    for (const auto& [at, count] : slow_) n += at > ms ? count : 0;
+    for (const auto& [at, count] : slow_) n += at >= ms ? count : 0;
     return n;
   }
   int64_t answers(const std::string& backend) const {
@@ -485,7 +485,7 @@ class TimedLoad {
       while (took > prev && !max_ms_.compare_exchange_weak(prev, took)) {
       }
       std::lock_guard lock(mu_);
-      if (took > 50) ++slow_[took / 50 * 50];
+      if (took >= 50) ++slow_[took / 10 * 10];
       if (r.ok() && r->first == 200) {
         ++ok_;
         ++by_backend_[r->second];
@@ -505,7 +505,7 @@ class TimedLoad {
   mutable std::mutex mu_;
   std::map<std::string, int64_t> by_backend_;
   std::map<std::string, int64_t> last_answer_;
-  std::map<int64_t, int64_t> slow_;  // calls by latency, in 50 ms steps
+  std::map<int64_t, int64_t> slow_;  // calls of 50 ms or more by latency, in 10 ms steps
   std::string first_failure_;
   std::vector<std::thread> threads_;
 };

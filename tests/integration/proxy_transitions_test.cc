@@ -113,6 +113,7 @@ TEST_F(ProxyTransitionsTest, HungBackendCostsNoRequestAndNoSlowRequest) {
   EXPECT_LT(after_max, kHangBoundMs * kSlack);
   EXPECT_GE(Metric("haven_proxy_try_timeouts_total{service=\"static\"}"), 1)
       << "the hang was never noticed";
+  if (getenv("HAVEN_TEST_PROXY_LOG")) std::cout << proxy_->ReadLog();
   EXPECT_TRUE(back) << "b1 never answered again after SIGCONT (answers before: " << b1_before_cont
                     << ")\n"
                     << Status();

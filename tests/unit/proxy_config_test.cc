@@ -102,6 +102,11 @@ TEST(ProxySettingsTest, ClusterKeysSetTheirFields) {
       {"health-timeout", "500ms"},
       {"unhealthy-threshold", "5"},
       {"healthy-threshold", "6"},
+      {"try-timeout-multiplier", "4"},
+      {"try-timeout-floor", "30ms"},
+      {"outlier-connect-failures", "2"},
+      {"probe-interval", "20ms"},
+      {"probe-timeout", "300ms"},
   };
   for (const auto& [key, value] : settings) {
     ASSERT_TRUE(SetClusterSetting(&c, key, value).ok()) << key;
@@ -131,6 +136,11 @@ TEST(ProxySettingsTest, ClusterKeysSetTheirFields) {
   EXPECT_EQ(c.health.timeout_ms, 500);
   EXPECT_EQ(c.health.unhealthy_threshold, 5);
   EXPECT_EQ(c.health.healthy_threshold, 6);
+  EXPECT_EQ(c.try_timeout.multiplier, 4);
+  EXPECT_EQ(c.try_timeout.floor_ms, 30);
+  EXPECT_EQ(c.outlier.consecutive_connect_failures, 2);
+  EXPECT_EQ(c.probe_interval_ms, 20);
+  EXPECT_EQ(c.probe_timeout_ms, 300);
   // Every key of the table is exercised above.
   EXPECT_EQ(SettingsOf(SettingScope::kCluster).size(), settings.size() - 1);
 }

@@ -230,9 +230,11 @@ finish_load() {
 # sum of errors, and the worst latency of requests that ended at or after $2 (ms)
 errors_in() { awk '$1 != "done" { e += $5 } END { print e + 0 }' "$1"; }
 max_latency_from() { awk -v t="$2" '$1 != "done" && $1 >= t && $4 > m { m = $4 } END { print m + 0 }' "$1"; }
-# ms from $2 until the first answer of the victim ending after it (or "none")
+# ms from $2 until the first answer of the victim to a request sent after $2 (or "none"): requests
+# stuck in a hung backend that complete after SIGCONT do not count as "back in rotation". A line
+# holds the slowest request of its millisecond, so its start is the earliest one's (conservative).
 first_victim_answer_after() {
-  awk -v t="$2" -v b="b$VICTIM" '$2 == b && $1 > t { print $1 - t; found = 1; exit } END { if (!found) print "none" }' "$1"
+  awk -v t="$2" -v b="b$VICTIM" '$2 == b && $1 - $4 > t { print $1 - t; found = 1; exit } END { if (!found) print "none" }' "$1"
 }
 answers_in() { awk '$1 != "done" { a += $3 } END { print a + 0 }' "$1"; }
 

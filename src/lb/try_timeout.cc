@@ -2,6 +2,7 @@
 #include "lb/try_timeout.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 namespace haven::lb {
@@ -23,10 +24,19 @@ TryTimeoutOptions Clamp(TryTimeoutOptions o) {
   return o;
 }
 
-// Upper bound of bucket i in us.
-int64_t BucketUpperUs(size_t i) {
-  return static_cast<int64_t>(kFirstBucketUs * std::pow(kBucketRatio, static_cast<double>(i)));
+// Upper bounds of the buckets in us, computed once: a sample's bucket is a binary search.
+const std::array<int64_t, LatencyWindow::kBuckets>& BucketBounds() {
+  static const auto bounds = [] {
+    std::array<int64_t, LatencyWindow::kBuckets> b{};
+    for (size_t i = 0; i < b.size(); ++i) {
+      b[i] = static_cast<int64_t>(kFirstBucketUs * std::pow(kBucketRatio, static_cast<double>(i)));
+    }
+    return b;
+  }();
+  return bounds;
 }
+
+int64_t BucketUpperUs(size_t i) { return BucketBounds()[i]; }
 
 }  // namespace
 
@@ -50,13 +60,9 @@ LatencyWindow::LatencyWindow(int64_t window_ms)
     : half_ms_(std::max<int64_t>(1, std::clamp<int64_t>(window_ms, kMinWindowMs, kMaxMs) / 2)) {}
 
 size_t LatencyWindow::BucketOf(int64_t latency_us) {
-  if (latency_us <= static_cast<int64_t>(kFirstBucketUs)) return 0;
-  double i = std::ceil(std::log(static_cast<double>(latency_us) / kFirstBucketUs) /
-                       std::log(kBucketRatio));
-  size_t b = static_cast<size_t>(std::max(0.0, i));
-  // Rounding may leave the sample just above its bucket's (truncated) bound: move it up.
-  while (b + 1 < kBuckets && BucketUpperUs(b) < latency_us) ++b;
-  return std::min(b, kBuckets - 1);
+  const auto& bounds = BucketBounds();
+  auto it = std::lower_bound(bounds.begin(), bounds.end(), latency_us);
+  return it == bounds.end() ? kBuckets - 1 : static_cast<size_t>(it - bounds.begin());
 }
 
 bool LatencyWindow::Live(const Generation& g, MonoMs now) const {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 #include "base/clock.h"
@@ -26,6 +27,8 @@ Status ValidateTryTimeoutOptions(const TryTimeoutOptions& opts);
 // half-window generations; a quantile is the upper bound of its bucket (over-estimates by <= 25%).
 class LatencyWindow {
  public:
+  static constexpr size_t kBuckets = 64;
+
   explicit LatencyWindow(int64_t window_ms);
   void Record(MonoMs now, int64_t latency_us);
   int64_t count(MonoMs now) const;
@@ -33,7 +36,6 @@ class LatencyWindow {
   int64_t QuantileUs(MonoMs now, double q) const;
 
  private:
-  static constexpr size_t kBuckets = 64;
   struct Generation {
     int64_t slot = -1;  // which half window (now / half) the counts belong to
     int64_t total = 0;

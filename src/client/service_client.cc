@@ -421,7 +421,12 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
     int64_t remaining = deadline - NowMs();
     int64_t try_ms = impl_->TryTimeoutMs(st, traits.idempotent, attempt);
     Attempt a = impl_->Send(*ep, req, std::clamp<int64_t>(remaining, 1, try_ms));
-    impl_->Report(st, ep->id, a.started, OutcomeOf(a.result));
+    const lb::Outcome outcome = OutcomeOf(a.result);
+    impl_->Report(st, ep->id, a.started, outcome);
+    if (outcome == lb::Outcome::kTimeout) {
+      HLOG_INFO("client_try_timeout", "service={} endpoint={} attempt={} timeout_ms={} took_ms={}",
+                service, ep->id, attempt, try_ms, NowMs() - a.started);
+    }
     if (a.result.ok() && a.result->status < 500) {
       return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
     }

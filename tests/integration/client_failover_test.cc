@@ -1,5 +1,6 @@
 // The C++ client library against a real haven server and 3 in-process backends: balancing,
 // failover past a dead instance, outlier ejection, deregistration, and no instance at all.
+#include <algorithm>
 #include <atomic>
 #include <iostream>
 #include <map>
@@ -273,8 +274,11 @@ TEST_F(ClientTransitionsTest, HungInstanceCostsNoCallAndNoSlowCall) {
             << " slower_than_100ms=" << load->SlowerThan(100)
             << " back_after_sigcont_ms=" << back_ms << "\n";
   EXPECT_EQ(load->failed(), 0) << "first failure: " << load->first_failure();
-  EXPECT_LT(hang_max, 100 * kSlack);
-  EXPECT_LT(after_max, 100 * kSlack);
+  // A stall of the whole machine (seen in the warm-up, before any fault) adds to any latency:
+  // allowed on top, up to 500 ms, so the limit stays well below the 2 s hang it must not wait out.
+  const int64_t noise = std::min<int64_t>(warm_max, 500);
+  EXPECT_LT(hang_max, 100 * kSlack + noise);
+  EXPECT_LT(after_max, 100 * kSlack + noise);
   EXPECT_TRUE(back) << "web-1 never answered again after SIGCONT";
 }
 

@@ -1,10 +1,12 @@
 // Failure transitions through haven proxy with its default settings (issue 7): one of three
 // backends hung with SIGSTOP under 50 concurrent keep-alive clients costs no request and no
 // request more than ~100 ms; a SIGKILLed backend is out of rotation at its first failure; a
-// restarted one is back within one probe interval. Bounds are asserted at 5x (a noisy 2-core CI);
+// restarted one is back within one probe interval. Bounds are asserted at 5x (a noisy 2-core CI;
+// latencies also get the warm-up's own worst, a machine stall, on top, at most 500 ms);
 // the measured figures are printed.
 #include <signal.h>
 
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -109,8 +111,11 @@ TEST_F(ProxyTransitionsTest, HungBackendCostsNoRequestAndNoSlowRequest) {
             << " ejections_timeout="
             << Metric("haven_proxy_ejections_total{service=\"static\",reason=\"timeout\"}") << "\n";
   EXPECT_EQ(load->failed(), 0) << "first failure: " << load->first_failure();
-  EXPECT_LT(hang_max, kHangBoundMs * kSlack);
-  EXPECT_LT(after_max, kHangBoundMs * kSlack);
+  // A stall of the whole machine (seen in the warm-up, before any fault) adds to any latency:
+  // allowed on top, up to 500 ms, so the limit stays well below the 2 s hang it must not wait out.
+  const int64_t noise = std::min<int64_t>(warm_max, 500);
+  EXPECT_LT(hang_max, kHangBoundMs * kSlack + noise);
+  EXPECT_LT(after_max, kHangBoundMs * kSlack + noise);
   EXPECT_GE(Metric("haven_proxy_try_timeouts_total{service=\"static\"}"), 1)
       << "the hang was never noticed";
   if (getenv("HAVEN_TEST_PROXY_LOG")) std::cout << proxy_->ReadLog();

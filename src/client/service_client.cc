@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -20,7 +21,7 @@ namespace {
 
 constexpr size_t kMaxServices = 1000;  // watcher threads one client may start
 constexpr size_t kMaxServiceNameBytes = 256;
-constexpr size_t kMaxIdlePerEndpoint = 8;  // idle keep-alive connections kept per instance
+constexpr size_t kMaxIdlePerEndpoint = 64;  // idle keep-alive connections kept per instance
 constexpr size_t kMaxPooledEndpoints = 10'000;
 constexpr size_t kMaxRequestHeaders = 100;
 constexpr size_t kMaxRequestBodyBytes = 64 << 20;
@@ -71,6 +72,25 @@ lb::AttemptResult ClassifyError(const Status& s) {
   return {lb::AttemptFailure::kClosedBeforeResponse, true, 0};
 }
 
+// What an attempt says about its instance. Refused, or reset/closed before any answer (HttpClient
+// already retried a reused connection once on a fresh one), is definite: the instance is dead.
+lb::Outcome OutcomeOf(const Result<net::HttpClientResult>& r) {
+  if (r.ok()) return r->status >= 500 ? lb::Outcome::kFailure : lb::Outcome::kSuccess;
+  const std::string& m = r.status().message();
+  if (m.find("timed out") != std::string::npos) return lb::Outcome::kTimeout;
+  if (m.find("refused") != std::string::npos || m.find("reset") != std::string::npos ||
+      m.find("end of stream") != std::string::npos) {
+    return lb::Outcome::kConnectFailure;
+  }
+  return lb::Outcome::kFailure;
+}
+
+lb::TryTimeoutOptions AdaptiveOptions(const ClientOptions& o) {
+  lb::TryTimeoutOptions t = o.try_timeout;
+  t.ceiling_ms = o.retry.per_try_timeout_ms;
+  return t;
+}
+
 // One HttpClient and whether it may go back to the pool (only clients with the normal timeout).
 struct Conn {
   std::unique_ptr<net::HttpClient> http;
@@ -91,7 +111,8 @@ struct ServiceState {
       : watch(std::move(w)),
         balancer(lb::MakeBalancer(o.policy, seed)),
         outlier(o.outlier),
-        retry(o.retry, seed ^ 0x9e3779b97f4a7c15ULL) {}
+        retry(o.retry, seed ^ 0x9e3779b97f4a7c15ULL),
+        try_timeout(AdaptiveOptions(o)) {}
 
   std::shared_ptr<WatchState> watch;
   std::thread thread;
@@ -99,6 +120,7 @@ struct ServiceState {
   std::unique_ptr<lb::Balancer> balancer;
   lb::OutlierDetector outlier;
   lb::RetryPolicy retry;
+  lb::TryTimeout try_timeout;
   uint64_t applied_version = 0;
 };
 
@@ -107,18 +129,29 @@ struct ServiceClient::Impl {
 
   Result<ServiceState*> Service(const std::string& name);
   std::optional<lb::Endpoint> Pick(ServiceState& st, const std::unordered_set<std::string>& tried);
-  void Report(ServiceState& st, const std::string& id, MonoMs started, bool failed);
+  void Report(ServiceState& st, const std::string& id, MonoMs started, lb::Outcome outcome);
+  int64_t TryTimeoutMs(ServiceState& st, bool retryable, int attempt);
   Attempt Send(const lb::Endpoint& ep, const Request& req, int64_t timeout_ms);
   Conn TakeConn(const lb::Endpoint& ep, int64_t timeout_ms);
-  void ReturnConn(const lb::Endpoint& ep, Conn conn);
+  void ReturnConn(const lb::Endpoint& ep, int64_t timeout_ms, Conn conn);
   void StopWatchers();
+  void StartProber();
+  void StopProber();
+  void ProbeLoop();
+  void ProbeEjected(ServiceState& st);
 
   ClientOptions opts;
   std::atomic<uint64_t> seed{std::random_device{}()};
   std::mutex services_mu;
   std::unordered_map<std::string, std::unique_ptr<ServiceState>> services;
   std::mutex pool_mu;
+  // Keyed by base URL and timeout (an HttpClient's timeout is fixed); the adaptive timeout takes
+  // few distinct values (bucket bounds x multiplier), so the keys stay few.
   std::unordered_map<std::string, std::vector<std::unique_ptr<net::HttpClient>>> pool;
+  std::mutex probe_mu;
+  std::condition_variable probe_cv;
+  bool probe_stop = false;
+  std::thread prober;
 };
 
 namespace {
@@ -189,25 +222,42 @@ std::optional<lb::Endpoint> ServiceClient::Impl::Pick(
 }
 
 void ServiceClient::Impl::Report(ServiceState& st, const std::string& id, MonoMs started,
-                                 bool failed) {
+                                 lb::Outcome outcome) {
   std::lock_guard lock(st.mu);
   MonoMs now = NowMs();
+  const bool failed = outcome != lb::Outcome::kSuccess;
   if (auto idx = IndexOf(*st.balancer, id)) {
     st.balancer->OnFinish(*idx, now, (now - started) * 1000, failed);
   }
-  if (st.outlier.OnResult(id, failed, now)) {
-    HLOG_WARN("client_ejected", "service={} endpoint={}", st.watch->service(), id);
+  if (!failed) st.try_timeout.OnSuccess(now, (now - started) * 1000);
+  lb::EjectionReason why = st.outlier.OnOutcome(id, outcome, now);
+  if (why != lb::EjectionReason::kNone) {
+    HLOG_WARN("client_ejected", "service={} endpoint={} reason={}", st.watch->service(), id,
+              lb::EjectionReasonName(why));
   }
 }
 
+// Adaptive only while a timeout could be retried: a non-retryable request (it cannot be retried
+// once sent), the last attempt and a spent retry budget get the configured per-try timeout, so
+// that a slow but healthy answer still arrives.
+int64_t ServiceClient::Impl::TryTimeoutMs(ServiceState& st, bool retryable, int attempt) {
+  if (!retryable || attempt >= opts.retry.max_attempts) return opts.retry.per_try_timeout_ms;
+  std::lock_guard lock(st.mu);
+  MonoMs now = NowMs();
+  if (st.retry.budget_remaining(now) <= 0) return opts.retry.per_try_timeout_ms;
+  return st.try_timeout.TimeoutMs(now);
+}
+
+namespace {
+std::string PoolKey(const lb::Endpoint& ep, int64_t timeout_ms) {
+  return BaseUrl(ep) + "#" + std::to_string(timeout_ms);
+}
+}  // namespace
+
 Conn ServiceClient::Impl::TakeConn(const lb::Endpoint& ep, int64_t timeout_ms) {
-  // Near the overall deadline a try gets less than the per-try timeout: a fresh, unpooled client.
-  if (timeout_ms < opts.retry.per_try_timeout_ms) {
-    return {std::make_unique<net::HttpClient>(BaseUrl(ep), timeout_ms), false};
-  }
   {
     std::lock_guard lock(pool_mu);
-    auto it = pool.find(BaseUrl(ep));
+    auto it = pool.find(PoolKey(ep, timeout_ms));
     if (it != pool.end() && !it->second.empty()) {
       Conn c{std::move(it->second.back()), true};
       it->second.pop_back();
@@ -217,10 +267,10 @@ Conn ServiceClient::Impl::TakeConn(const lb::Endpoint& ep, int64_t timeout_ms) {
   return {std::make_unique<net::HttpClient>(BaseUrl(ep), timeout_ms), true};
 }
 
-void ServiceClient::Impl::ReturnConn(const lb::Endpoint& ep, Conn conn) {
+void ServiceClient::Impl::ReturnConn(const lb::Endpoint& ep, int64_t timeout_ms, Conn conn) {
   if (!conn.poolable) return;
   std::lock_guard lock(pool_mu);
-  auto key = BaseUrl(ep);
+  auto key = PoolKey(ep, timeout_ms);
   if (pool.size() >= kMaxPooledEndpoints && !pool.count(key)) return;
   auto& idle = pool[key];
   if (idle.size() < kMaxIdlePerEndpoint) idle.push_back(std::move(conn.http));
@@ -232,8 +282,57 @@ Attempt ServiceClient::Impl::Send(const lb::Endpoint& ep, const Request& req, in
   Conn conn = TakeConn(ep, timeout_ms);
   a.result = conn.http->Request(req.method, req.target, req.body, req.headers);
   // A client that failed may hold a half-used connection: drop it rather than pool it.
-  if (a.result.ok()) ReturnConn(ep, std::move(conn));
+  if (a.result.ok()) ReturnConn(ep, timeout_ms, std::move(conn));
   return a;
+}
+
+void ServiceClient::Impl::StartProber() {
+  if (opts.probe_interval_ms <= 0) return;
+  prober = std::thread([this] { ProbeLoop(); });
+}
+
+void ServiceClient::Impl::StopProber() {
+  {
+    std::lock_guard lock(probe_mu);
+    probe_stop = true;
+  }
+  probe_cv.notify_all();
+  if (prober.joinable()) prober.join();  // a probe in flight ends within probe_timeout_ms
+}
+
+void ServiceClient::Impl::ProbeLoop() {
+  std::unique_lock lock(probe_mu);
+  while (!probe_cv.wait_for(lock, std::chrono::milliseconds(opts.probe_interval_ms),
+                            [this] { return probe_stop; })) {
+    lock.unlock();
+    std::vector<ServiceState*> states;
+    {
+      std::lock_guard services_lock(services_mu);
+      for (auto& [name, st] : services) states.push_back(st.get());  // never removed
+    }
+    for (ServiceState* st : states) ProbeEjected(*st);
+    lock.lock();
+  }
+}
+
+// Probes, one after the other, the instances ejected for connect errors or timeouts; one that
+// answers anything is forgiven: back in rotation at once.
+void ServiceClient::Impl::ProbeEjected(ServiceState& st) {
+  std::vector<lb::Endpoint> wanted;
+  {
+    std::lock_guard lock(st.mu);
+    MonoMs now = NowMs();
+    for (const auto& ep : st.balancer->endpoints()) {
+      if (st.outlier.WantsProbe(ep.id, now)) wanted.push_back(ep);
+    }
+  }
+  for (const auto& ep : wanted) {
+    net::HttpClient probe(BaseUrl(ep), opts.probe_timeout_ms);
+    if (!probe.Request("GET", opts.probe_path).ok()) continue;
+    std::lock_guard lock(st.mu);
+    st.outlier.Forgive(ep.id, NowMs());
+    HLOG_INFO("client_probe_readmitted", "service={} endpoint={}", st.watch->service(), ep.id);
+  }
 }
 
 void ServiceClient::Impl::StopWatchers() {
@@ -259,9 +358,34 @@ ServiceClient::ServiceClient(ClientOptions opts) : impl_(std::make_unique<Impl>(
   // (pool, first discovery wait) agree with the policy's.
   o.retry = lb::RetryPolicy(o.retry, 0).options();
   o.outlier = lb::OutlierDetector(o.outlier).options();
+  o.try_timeout = lb::TryTimeout(AdaptiveOptions(o)).options();
+  o.probe_interval_ms = std::clamp<int64_t>(o.probe_interval_ms, 0, 3'600'000);
+  o.probe_timeout_ms = std::clamp<int64_t>(o.probe_timeout_ms, 1, 3'600'000);
+  if (o.probe_path.empty() || o.probe_path.front() != '/') o.probe_path = "/";
+  impl_->StartProber();
 }
 
-ServiceClient::~ServiceClient() { impl_->StopWatchers(); }
+ServiceClient::~ServiceClient() {
+  impl_->StopProber();
+  impl_->StopWatchers();
+}
+
+std::vector<std::string> ServiceClient::EjectedInstances(const std::string& service) {
+  ServiceState* st = nullptr;
+  {
+    std::lock_guard lock(impl_->services_mu);
+    auto it = impl_->services.find(service);
+    if (it == impl_->services.end()) return {};
+    st = it->second.get();
+  }
+  std::lock_guard lock(st->mu);
+  std::vector<std::string> out;
+  MonoMs now = NowMs();
+  for (const auto& ep : st->balancer->endpoints()) {
+    if (st->outlier.IsEjected(ep.id, now)) out.push_back(ep.id);
+  }
+  return out;
+}
 
 Result<std::vector<lb::Endpoint>> ServiceClient::Instances(const std::string& service) {
   auto st = impl_->Service(service);
@@ -295,9 +419,14 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
     }
     tried.insert(ep->id);
     int64_t remaining = deadline - NowMs();
-    Attempt a = impl_->Send(*ep, req, std::clamp<int64_t>(remaining, 1, ro.per_try_timeout_ms));
-    bool failed = !a.result.ok() || a.result->status >= 500;
-    impl_->Report(st, ep->id, a.started, failed);
+    int64_t try_ms = impl_->TryTimeoutMs(st, traits.idempotent, attempt);
+    Attempt a = impl_->Send(*ep, req, std::clamp<int64_t>(remaining, 1, try_ms));
+    const lb::Outcome outcome = OutcomeOf(a.result);
+    impl_->Report(st, ep->id, a.started, outcome);
+    if (outcome == lb::Outcome::kTimeout) {
+      HLOG_INFO("client_try_timeout", "service={} endpoint={} attempt={} timeout_ms={} took_ms={}",
+                service, ep->id, attempt, try_ms, NowMs() - a.started);
+    }
     if (a.result.ok() && a.result->status < 500) {
       return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
     }

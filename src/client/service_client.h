@@ -12,6 +12,7 @@
 #include "lb/endpoint.h"
 #include "lb/outlier_detector.h"
 #include "lb/retry_policy.h"
+#include "lb/try_timeout.h"
 
 namespace haven::client {
 
@@ -19,8 +20,16 @@ struct ClientOptions {
   std::string registry = "http://127.0.0.1:8500";
   lb::Policy policy = lb::Policy::kLeastRequest;
   lb::RetryOptions retry;  // attempts, per-try/overall timeouts, backoff, budget
-  lb::OutlierOptions outlier;
+  // Retryable requests: per-try timeout = multiplier x recent p99 within [floor, the per-try
+  // timeout] (ceiling_ms is ignored: retry.per_try_timeout_ms is the ceiling).
+  lb::TryTimeoutOptions try_timeout;
+  lb::OutlierOptions outlier;      // one refused/reset connection ejects by default
   int64_t watch_wait_ms = 60'000;  // blocking query wait
+  // Instances ejected for connect errors or timeouts are probed this often by one background
+  // thread (GET probe_path; any answer ends the ejection). 0 = no probes.
+  int64_t probe_interval_ms = 50;
+  int64_t probe_timeout_ms = 250;
+  std::string probe_path = "/";
 };
 
 struct Request {
@@ -38,8 +47,8 @@ struct Response {
   int attempts = 0;         // 1 = answered by the first try
 };
 
-// Thread-safe. One discovery watcher thread per service used; a small keep-alive connection pool
-// per instance.
+// Thread-safe. One discovery watcher thread per service used, one prober thread; a small
+// keep-alive connection pool per instance.
 class ServiceClient {
  public:
   explicit ServiceClient(ClientOptions opts);
@@ -54,6 +63,8 @@ class ServiceClient {
   // connect errors, wait-based retries for idempotent requests on 502/503/504/timeouts, outlier
   // ejection). Unavailable("no healthy instance for service X") when none is left.
   Result<Response> Call(const std::string& service, const Request& req);
+  // The ids of the instances of `service` ejected now (empty for a service not used yet).
+  std::vector<std::string> EjectedInstances(const std::string& service);
 
  private:
   struct Impl;  // defined in the .cc: keeps threads, locks and the HTTP client out of this header

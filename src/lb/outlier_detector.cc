@@ -14,6 +14,8 @@ constexpr int64_t kMaxEjectionMs = 24LL * 3600 * 1000;  // a day: anything longe
 
 OutlierOptions Clamp(OutlierOptions o) {
   o.consecutive_failures = std::clamp(o.consecutive_failures, 1, kMaxConsecutiveFailures);
+  o.consecutive_connect_failures =
+      std::clamp(o.consecutive_connect_failures, 1, kMaxConsecutiveFailures);
   o.base_ejection_ms = std::clamp<int64_t>(o.base_ejection_ms, 1, kMaxEjectionMs);
   o.max_ejection_ms = std::clamp<int64_t>(o.max_ejection_ms, o.base_ejection_ms, kMaxEjectionMs);
   if (!(o.max_ejected_fraction >= 0)) o.max_ejected_fraction = 0;  // also catches NaN
@@ -23,9 +25,27 @@ OutlierOptions Clamp(OutlierOptions o) {
 
 }  // namespace
 
+std::string_view EjectionReasonName(EjectionReason r) {
+  switch (r) {
+    case EjectionReason::kConnect:
+      return "connect";
+    case EjectionReason::kTimeout:
+      return "timeout";
+    case EjectionReason::kFailures:
+      return "failures";
+    case EjectionReason::kNone:
+      break;
+  }
+  return "none";
+}
+
 Status ValidateOutlierOptions(const OutlierOptions& o) {
   if (o.consecutive_failures < 1 || o.consecutive_failures > kMaxConsecutiveFailures) {
     return Status::InvalidArgument("outlier consecutive_failures must be in [1, 1000000]");
+  }
+  if (o.consecutive_connect_failures < 1 ||
+      o.consecutive_connect_failures > kMaxConsecutiveFailures) {
+    return Status::InvalidArgument("outlier consecutive_connect_failures must be in [1, 1000000]");
   }
   if (o.base_ejection_ms < 1 || o.base_ejection_ms > kMaxEjectionMs) {
     return Status::InvalidArgument("outlier base_ejection_ms must be in [1 ms, 24 h]");
@@ -48,27 +68,61 @@ void OutlierDetector::SetEndpoints(const std::vector<Endpoint>& eps) {
   for (const auto& id : ids) states_.try_emplace(id);
 }
 
-bool OutlierDetector::OnResult(const std::string& id, bool failed, MonoMs now) {
+EjectionReason OutlierDetector::OnOutcome(const std::string& id, Outcome outcome, MonoMs now) {
   auto it = states_.find(id);
-  if (it == states_.end()) return false;
+  if (it == states_.end()) return EjectionReason::kNone;
   State& s = it->second;
   bool ejected = now < s.ejected_until;
-  if (!failed) {
+  if (outcome == Outcome::kSuccess) {
     s.consecutive_failures = 0;
+    s.consecutive_connect = 0;
+    s.streak_has_failure = false;
     // A long healthy spell after the last ejection forgives earlier ones: back to base time.
     if (!ejected && s.ejections > 0 && now >= s.ejected_until + opts_.max_ejection_ms) {
       s.ejections = 0;
     }
-    return false;
+    return EjectionReason::kNone;
   }
-  if (ejected) return false;  // late results of requests sent before the ejection
+  if (ejected) return EjectionReason::kNone;  // late results of requests sent before the ejection
+  EjectionReason reason = CountFailure(s, outcome);
+  if (reason == EjectionReason::kNone || !CanEjectAnother(now)) return EjectionReason::kNone;
+  Eject(s, reason, now);
+  return reason;
+}
+
+EjectionReason OutlierDetector::CountFailure(State& s, Outcome outcome) const {
   s.consecutive_failures = std::min(s.consecutive_failures + 1, opts_.consecutive_failures);
-  if (s.consecutive_failures < opts_.consecutive_failures || !CanEjectAnother(now)) return false;
+  if (outcome == Outcome::kConnectFailure) {
+    s.consecutive_connect = std::min(s.consecutive_connect + 1, opts_.consecutive_connect_failures);
+    if (s.consecutive_connect >= opts_.consecutive_connect_failures)
+      return EjectionReason::kConnect;
+  } else {
+    s.consecutive_connect = 0;
+  }
+  if (outcome == Outcome::kFailure) s.streak_has_failure = true;
+  if (s.consecutive_failures < opts_.consecutive_failures) return EjectionReason::kNone;
+  return s.streak_has_failure ? EjectionReason::kFailures : EjectionReason::kTimeout;
+}
+
+void OutlierDetector::Eject(State& s, EjectionReason reason, MonoMs now) {
   s.ejections = std::min(s.ejections + 1, 64);
   s.ejected_until = now + EjectionMs(s.ejections);
   s.consecutive_failures = 0;
+  s.consecutive_connect = 0;
+  s.streak_has_failure = false;
+  s.reason = reason;
   ++ejections_total_;
-  return true;
+}
+
+bool OutlierDetector::WantsProbe(const std::string& id, MonoMs now) const {
+  EjectionReason r = reason(id, now);
+  return r == EjectionReason::kConnect || r == EjectionReason::kTimeout;
+}
+
+EjectionReason OutlierDetector::reason(const std::string& id, MonoMs now) const {
+  auto it = states_.find(id);
+  if (it == states_.end() || now >= it->second.ejected_until) return EjectionReason::kNone;
+  return it->second.reason;
 }
 
 bool OutlierDetector::IsEjected(const std::string& id, MonoMs now) const {
@@ -81,6 +135,8 @@ void OutlierDetector::Forgive(const std::string& id, MonoMs now) {
   if (it == states_.end()) return;
   State& s = it->second;
   s.consecutive_failures = 0;
+  s.consecutive_connect = 0;
+  s.streak_has_failure = false;
   s.ejected_until = std::min(s.ejected_until, now);
 }
 

@@ -46,7 +46,9 @@ Classified Classify(const RequestTraits& req, const AttemptResult& r) {
       if (req.idempotent) return {RetryKind::kImmediate, "closed before any response"};
       return {RetryKind::kNone, "closed after the request was sent; method not idempotent"};
     case AttemptFailure::kTimeout:
-      if (req.idempotent) return {RetryKind::kBackoff, "per-try timeout"};
+      // No wait: the instance that did not answer is not asked again while another exists, and
+      // the timeout itself was the wait.
+      if (req.idempotent) return {RetryKind::kImmediate, "per-try timeout"};
       return {RetryKind::kNone, "per-try timeout; method not idempotent"};
     case AttemptFailure::kBadGateway:
       if (req.idempotent) return {RetryKind::kImmediate, "bad response from upstream"};

@@ -55,7 +55,8 @@ class RetryPolicy {
   void OnRequest(MonoMs now);  // every new client request (feeds the budget)
   // attempt = 1 for the first try. Active failover (connect failed / closed before response with
   // nothing sent, body buffered) -> retry with delay 0, any method. Once bytes reached an instance:
-  // only idempotent requests. Wait-based (502/503/504 or timeout, idempotent) -> jittered backoff.
+  // only idempotent requests; a per-try timeout is retried at once too (the timeout was the wait).
+  // Wait-based (502/503/504, idempotent) -> jittered backoff.
   // Never past max_attempts, never past `deadline`, never beyond the retry budget (a retry consumes
   // it).
   RetryDecision Decide(const RequestTraits& req, const AttemptResult& r, int attempt, MonoMs now,

@@ -3,8 +3,13 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/json.hpp>
 
 #include "base/log.h"
@@ -32,6 +37,12 @@ bool IdleConnectionDead(Socket& s) {
   return ::poll(&p, 1, 0) != 0;
 }
 
+lb::TryTimeoutOptions AdaptiveOptions(const ClusterOptions& opts) {
+  lb::TryTimeoutOptions o = opts.try_timeout;
+  o.ceiling_ms = opts.retry.per_try_timeout_ms;
+  return o;
+}
+
 }  // namespace
 
 Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, const Executor& ex,
@@ -43,6 +54,7 @@ Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, const Exec
       outlier_(opts.outlier),
       retry_(opts.retry, 0x2545f4914f6cdd1dULL + seed),
       breaker_(opts.circuit),
+      try_timeout_(AdaptiveOptions(opts)),
       list_(std::make_shared<const std::vector<lb::Endpoint>>()) {}
 
 Cluster::~Cluster() { slots_.clear(); }  // while breaker_ still counts their closes
@@ -125,20 +137,81 @@ std::optional<size_t> Cluster::CurrentIndex(const Picked& p) const {
   return it->second;
 }
 
-void Cluster::Finish(const Picked& p, MonoMs start, bool failed) {
+void Cluster::Finish(const Picked& p, MonoMs start, lb::Outcome outcome) {
   MonoMs now = NowMs();
   const lb::Endpoint& ep = p.endpoint();
   breaker_.Release(ep.id);
+  const bool failed = outcome != lb::Outcome::kSuccess;
   auto idx = CurrentIndex(p);
   if (idx) {
     balancer_->OnFinish(*idx, now, (now - start) * 1000, failed);
     slots_[*idx].latency->Observe(static_cast<double>(now - start) / 1000.0);
   }
-  if (outlier_.OnResult(ep.id, failed, now)) {
-    m_.ejections->Inc();
-    HLOG_WARN("proxy_ejected", "cluster={} upstream={} addr={}:{}", m_.name, ep.id, ep.host,
-              ep.port);
+  if (!failed) try_timeout_.OnSuccess(now, (now - start) * 1000);
+  if (outcome == lb::Outcome::kTimeout) m_.try_timeouts->Inc();
+  lb::EjectionReason why = outlier_.OnOutcome(ep.id, outcome, now);
+  if (why != lb::EjectionReason::kNone) {
+    m_.ejections[static_cast<size_t>(why)]->Inc();
+    if (idx) slots_[*idx].idle.clear();  // pooled connections to it are suspect
+    HLOG_WARN("proxy_ejected", "cluster={} upstream={} addr={}:{} reason={}", m_.name, ep.id,
+              ep.host, ep.port, lb::EjectionReasonName(why));
   }
+}
+
+int64_t Cluster::TryTimeoutMs(bool retryable, int attempt, MonoMs now) const {
+  const lb::RetryOptions& r = retry_.options();
+  if (!retryable || attempt >= r.max_attempts || retry_.budget_remaining(now) <= 0) {
+    return r.per_try_timeout_ms;
+  }
+  return try_timeout_.TimeoutMs(now);
+}
+
+Task<void> Cluster::ProbeLoop() {
+  if (opts_.probe_interval_ms <= 0) co_return;
+  Timer timer(ex_);
+  while (!draining_) {
+    timer.expires_after(std::chrono::milliseconds(opts_.probe_interval_ms));
+    auto [ec] = co_await timer.async_wait(kAwait);
+    if (ec || draining_) co_return;
+    StartProbes(NowMs());
+  }
+}
+
+void Cluster::StartProbes(MonoMs now) {
+  for (const lb::Endpoint& ep : *list_) {
+    if (!outlier_.WantsProbe(ep.id, now) || probing_.contains(ep.id)) continue;
+    probing_.insert(ep.id);
+    asio::co_spawn(ex_, Probe(ep), asio::detached);
+  }
+}
+
+Task<void> Cluster::Probe(lb::Endpoint ep) {
+  bool answered = co_await ProbeAnswers(ep);
+  probing_.erase(ep.id);
+  (answered ? m_.probe_pass : m_.probe_fail)->Inc();
+  MonoMs now = NowMs();
+  if (!answered || !outlier_.IsEjected(ep.id, now)) co_return;
+  outlier_.Forgive(ep.id, now);
+  HLOG_INFO("proxy_probe_readmitted", "cluster={} upstream={} addr={}:{}", m_.name, ep.id, ep.host,
+            ep.port);
+}
+
+Task<bool> Cluster::ProbeAnswers(const lb::Endpoint& ep) {
+  UpstreamConn conn(ex_, nullptr);  // a probe is not counted against the connection limit
+  const SteadyTime until = SteadyAfterMs(opts_.probe_timeout_ms);
+  if (error_code ec = co_await ConnectUpstream(conn, ep, until); ec) co_return false;
+  if (!probe_http_) co_return true;
+  const std::string path = opts_.health.path.empty() ? std::string("/") : opts_.health.path;
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: " + ep.host + ":" +
+                    std::to_string(ep.port) +
+                    "\r\nUser-Agent: haven-proxy-probe\r\nConnection: close\r\n\r\n";
+  conn.deadline.ExpireAt(until);
+  auto [wec, wn] = co_await asio::async_write(conn.socket, asio::buffer(req), kAwait);
+  if (wec) co_return false;
+  // Any status line proves the instance answers; what it answers is for health checks to judge.
+  std::array<char, 5> head{};
+  auto [rec, rn] = co_await asio::async_read(conn.socket, asio::buffer(head), kAwait);
+  co_return !rec && std::string_view(head.data(), head.size()) == "HTTP/";
 }
 
 bool Cluster::AnyFull() const {
@@ -192,6 +265,7 @@ boost::json::array Cluster::StatusJson() const {
     e["weight"] = ep.weight;
     e["outstanding"] = balancer_->outstanding(i);
     e["ejected"] = outlier_.IsEjected(ep.id, now);
+    e["ejection_reason"] = lb::EjectionReasonName(outlier_.reason(ep.id, now));
     e["healthy"] = !unhealthy_.contains(ep.id);
     e["pending"] = breaker_.pending(ep.id);
     e["connections"] = breaker_.connections(ep.id);

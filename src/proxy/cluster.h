@@ -19,6 +19,7 @@
 #include "lb/circuit_breaker.h"
 #include "lb/outlier_detector.h"
 #include "lb/retry_policy.h"
+#include "lb/try_timeout.h"
 #include "proxy/discovery.h"
 #include "proxy/proxy_metrics.h"
 #include "proxy/proxy_options.h"
@@ -61,8 +62,19 @@ class Cluster {
   // `allow_tried` a tried one when no other is left. Counts the attempt as started.
   std::optional<Picked> Pick(MonoMs now, const Tried& tried, bool allow_tried,
                              std::optional<uint64_t> hash);
-  // Reports a finished attempt to the balancer, the outlier detector and the metrics.
-  void Finish(const Picked& p, MonoMs start, bool failed);
+  // Reports a finished attempt to the balancer, the outlier detector, the adaptive per-try
+  // timeout (successes) and the metrics.
+  void Finish(const Picked& p, MonoMs start, lb::Outcome outcome);
+  // The per-try timeout of attempt number `attempt` (1 = first) starting now: adaptive (a
+  // multiple of the recent p99) when a timeout could still be retried; the configured per-try
+  // timeout for a non-retryable request (cut short, it could only become a 504), for the last
+  // attempt, and when the retry budget is spent, so that a slow but healthy answer still arrives.
+  int64_t TryTimeoutMs(bool retryable, int attempt, MonoMs now) const;
+  // Runs on the worker's loop until Drain(): every probe interval, probes the instances ejected
+  // for connect errors or timeouts; one that answers is back in rotation at once.
+  Task<void> ProbeLoop();
+  // HTTP clusters probe with a GET; a cluster that a tcp listener uses only with a connect.
+  void set_probe_http(bool http) { probe_http_ = http; }
   // True when some instance is at its request or connection limit (the 503 says so).
   bool AnyFull() const;
 
@@ -85,6 +97,10 @@ class Cluster {
   // Index of p's instance in the current list, or nullopt when it has left.
   std::optional<size_t> CurrentIndex(const Picked& p) const;
   bool Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried) const;
+  void StartProbes(MonoMs now);
+  Task<void> Probe(lb::Endpoint ep);
+  // True when the instance answers: connected, and for HTTP an HTTP status line came back.
+  Task<bool> ProbeAnswers(const lb::Endpoint& ep);
 
   const ClusterOptions& opts_;
   ClusterMetrics& m_;
@@ -93,6 +109,9 @@ class Cluster {
   lb::OutlierDetector outlier_;
   lb::RetryPolicy retry_;
   lb::CircuitBreaker breaker_;
+  lb::TryTimeout try_timeout_;
+  std::unordered_set<std::string> probing_;  // ids with a probe in flight
+  bool probe_http_ = true;
   std::shared_ptr<const std::vector<lb::Endpoint>> list_;  // = balancer_->endpoints()
   std::vector<Slot> slots_;
   std::unordered_map<std::string, size_t> index_of_;

@@ -42,7 +42,23 @@ struct Attempt {
   bool request_sent = false;
   int status = 0;
   std::unique_ptr<UpstreamConn> conn;  // holds the response when there is one
+  // Refused, or reset/closed before any answer on a fresh connection: the instance is dead (as
+  // opposed to our own connection limit or a connect timeout).
+  bool definite = false;
 };
+
+// What an attempt says about its instance, for outlier detection.
+lb::Outcome OutcomeOf(const Attempt& a) {
+  if (!a.failure) return a.status >= 500 ? lb::Outcome::kFailure : lb::Outcome::kSuccess;
+  if (a.definite) return lb::Outcome::kConnectFailure;
+  if (*a.failure == lb::AttemptFailure::kTimeout) return lb::Outcome::kTimeout;
+  return lb::Outcome::kFailure;
+}
+
+bool RefusedOrReset(const error_code& ec) {
+  return ec == asio::error::connection_refused || ec == asio::error::connection_reset ||
+         ec == asio::error::eof || ec == asio::error::broken_pipe;
+}
 
 class HttpSession {
  public:
@@ -241,11 +257,11 @@ class HttpSession {
     for (int attempt = 1;; ++attempt) {
       auto picked = c.Pick(now, tried, allow_tried, hash);
       if (!picked) break;
-      int64_t budget = std::min(c.options().retry.per_try_timeout_ms, deadline - now);
+      int64_t budget = std::min(c.TryTimeoutMs(traits.idempotent, attempt, now), deadline - now);
       Attempt a;
       a.failure = lb::AttemptFailure::kTimeout;
       if (budget > 0) a = co_await TryOnce(c, *picked, head, SteadyAfterMs(budget));
-      c.Finish(*picked, now, a.failure.has_value() || a.status >= 500);
+      c.Finish(*picked, now, OutcomeOf(a));
       now = NowMs();
       if (!a.failure) co_return co_await StreamResponse(c, *picked, std::move(a));
       if (*a.failure == lb::AttemptFailure::kConnectFailed) m.connect_errors->Inc();
@@ -320,7 +336,8 @@ class HttpSession {
         if (ec) {
           HLOG_DEBUG("proxy_connect_failed", "upstream={} error=\"{}\"", p.endpoint().id,
                      ec.message());
-          co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr};
+          co_return Attempt{lb::AttemptFailure::kConnectFailed, false, 0, nullptr,
+                            RefusedOrReset(ec)};
         }
       }
       conn->deadline.ExpireAt(expiry);
@@ -330,12 +347,15 @@ class HttpSession {
         conn.reset();
         if (reused && !timeout) continue;
         auto f = timeout ? lb::AttemptFailure::kTimeout : lb::AttemptFailure::kClosedBeforeResponse;
-        co_return Attempt{f, false, 0, nullptr};
+        co_return Attempt{f, false, 0, nullptr, !timeout};
       }
       Attempt a = co_await ReadResponseHead(*conn, head);
-      if (a.failure == lb::AttemptFailure::kClosedBeforeResponse && reused) {
-        conn.reset();
-        continue;
+      if (a.failure == lb::AttemptFailure::kClosedBeforeResponse) {
+        if (reused) {
+          conn.reset();
+          continue;
+        }
+        a.definite = true;  // a fresh connection closed without a byte of answer
       }
       if (!a.failure || *a.failure == lb::AttemptFailure::kStatus) a.conn = std::move(conn);
       co_return a;

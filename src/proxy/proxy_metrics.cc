@@ -1,5 +1,7 @@
 #include "proxy/proxy_metrics.h"
 
+#include "lb/outlier_detector.h"
+
 namespace haven::proxy {
 
 ClusterMetrics::ClusterMetrics(const std::string& cluster) : name(cluster) {
@@ -12,7 +14,18 @@ ClusterMetrics::ClusterMetrics(const std::string& cluster) : name(cluster) {
   retries = &r.GetCounter("haven_proxy_retries_total", "Upstream attempts after the first", l);
   failovers = &r.GetCounter("haven_proxy_failovers_total",
                             "Attempts moved to another instance at once (active failover)", l);
-  ejections = &r.GetCounter("haven_proxy_ejections_total", "Outlier ejections", l);
+  for (auto reason : {lb::EjectionReason::kConnect, lb::EjectionReason::kTimeout,
+                      lb::EjectionReason::kFailures}) {
+    ejections[static_cast<size_t>(reason)] = &r.GetCounter(
+        "haven_proxy_ejections_total", "Outlier ejections by reason",
+        {{"service", cluster}, {"reason", std::string(lb::EjectionReasonName(reason))}});
+  }
+  try_timeouts = &r.GetCounter("haven_proxy_try_timeouts_total",
+                               "Upstream attempts that passed their per-try timeout", l);
+  probe_pass = &r.GetCounter("haven_proxy_probes_total", "Probes of ejected instances by result",
+                             {{"service", cluster}, {"result", "pass"}});
+  probe_fail = &r.GetCounter("haven_proxy_probes_total", "Probes of ejected instances by result",
+                             {{"service", cluster}, {"result", "fail"}});
   connect_errors = &r.GetCounter("haven_proxy_upstream_connect_errors_total",
                                  "Upstream connects that failed", l);
   truncated = &r.GetCounter("haven_proxy_truncated_responses_total",

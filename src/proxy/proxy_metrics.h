@@ -21,7 +21,10 @@ struct ClusterMetrics {
   std::array<metrics::Counter*, 6> by_class{};  // index = status / 100 (0 unused)
   metrics::Counter* retries;
   metrics::Counter* failovers;
-  metrics::Counter* ejections;
+  std::array<metrics::Counter*, 4> ejections{};  // index = lb::EjectionReason (0 unused)
+  metrics::Counter* try_timeouts;                // attempts past their per-try timeout
+  metrics::Counter* probe_pass;                  // probes of ejected instances
+  metrics::Counter* probe_fail;
   metrics::Counter* connect_errors;
   metrics::Counter* truncated;  // responses cut short because the upstream failed mid-body
   metrics::Counter* tcp_connections;

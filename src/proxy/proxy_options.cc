@@ -139,8 +139,12 @@ constexpr std::array<FieldProbe<lb::RetryOptions>, 7> kRetryFields = {{
      [](const lb::RetryOptions& f, lb::RetryOptions* t) { t->budget_ratio = f.budget_ratio; }},
 }};
 
-constexpr std::array<FieldProbe<lb::OutlierOptions>, 5> kOutlierFields = {{
+constexpr std::array<FieldProbe<lb::OutlierOptions>, 6> kOutlierFields = {{
     {"outlier", [](const lb::OutlierOptions&, lb::OutlierOptions*) {}},
+    {"--outlier-connect-failures",
+     [](const lb::OutlierOptions& f, lb::OutlierOptions* t) {
+       t->consecutive_connect_failures = f.consecutive_connect_failures;
+     }},
     {"--outlier-failures",
      [](const lb::OutlierOptions& f, lb::OutlierOptions* t) {
        t->consecutive_failures = f.consecutive_failures;
@@ -171,6 +175,18 @@ Status ValidateBalancing(const ClusterOptions& c) {
   if (Status s = lb::ValidateOutlierOptions(c.outlier); !s.ok()) {
     return Invalid(where, CulpritOf(c.outlier, lb::ValidateOutlierOptions, kOutlierFields) + ": " +
                               s.message());
+  }
+  if (c.try_timeout.multiplier < 0 || c.try_timeout.multiplier > 100) {
+    return Invalid(where, "--try-timeout-multiplier must be within 0..100");
+  }
+  if (c.try_timeout.floor_ms < 1 || c.try_timeout.floor_ms > kMaxHealthMs) {
+    return Invalid(where, "--try-timeout-floor must be within 1ms..1h");
+  }
+  if (c.probe_interval_ms < 0 || c.probe_interval_ms > kMaxHealthMs) {
+    return Invalid(where, "--probe-interval must be within 0..1h");
+  }
+  if (c.probe_timeout_ms < 1 || c.probe_timeout_ms > kMaxHealthMs) {
+    return Invalid(where, "--probe-timeout must be within 1ms..1h");
   }
   if (c.circuit.max_pending < 1 || c.circuit.max_pending > kMaxCircuitLimit) {
     return Invalid(where, "--max-pending must be within 1..1000000");

@@ -14,6 +14,7 @@
 #include "lb/circuit_breaker.h"
 #include "lb/outlier_detector.h"
 #include "lb/retry_policy.h"
+#include "lb/try_timeout.h"
 
 namespace haven::proxy {
 
@@ -48,7 +49,14 @@ struct ClusterOptions {
   // ring_hash key: this request header when the request has it, else the client's address.
   std::string hash_header;
   lb::RetryOptions retry;
+  // Retryable requests: per-try timeout from the recent p99 (ceiling_ms is ignored here: the
+  // ceiling is retry.per_try_timeout_ms). Non-retryable ones always wait per_try_timeout_ms.
+  lb::TryTimeoutOptions try_timeout;
   lb::OutlierOptions outlier;
+  // Instances ejected for connect errors or timeouts are probed this often (a connect, then for
+  // HTTP clusters a GET of health.path or "/"; any answer ends the ejection). 0 = no probes.
+  int64_t probe_interval_ms = 50;
+  int64_t probe_timeout_ms = 1'000;
   lb::CircuitLimits circuit;           // per instance per worker
   int64_t connect_timeout_ms = 1'000;  // also bounded by the per-try timeout
   size_t max_idle_per_endpoint = 64;   // pooled upstream keep-alive connections per worker

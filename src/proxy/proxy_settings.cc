@@ -273,6 +273,13 @@ const std::vector<Row<ClusterOptions>>& ClusterRows() {
           "timeout", "Overall timeout of one client request, 1ms..1h",
           [](auto& c) -> auto& { return c.retry.overall_timeout_ms; }),
       Integer<C>(
+          "try-timeout-multiplier",
+          "Retryable requests: per-try timeout = this x recent p99 (0: per-try-timeout), 0..100",
+          [](auto& c) -> auto& { return c.try_timeout.multiplier; }),
+      Duration<C>(
+          "try-timeout-floor", "Adaptive per-try timeout at least this, 1ms..1h",
+          [](auto& c) -> auto& { return c.try_timeout.floor_ms; }),
+      Integer<C>(
           "max-attempts", "Upstream attempts per request at most, 1..10",
           [](auto& c) -> auto& { return c.retry.max_attempts; }),
       Duration<C>(
@@ -301,6 +308,10 @@ const std::vector<Row<ClusterOptions>>& ClusterRows() {
       Integer<C>(
           "outlier-failures", "Failures in a row that eject an instance, 1..1000000",
           [](auto& c) -> auto& { return c.outlier.consecutive_failures; }),
+      Integer<C>(
+          "outlier-connect-failures",
+          "Refused/reset connections in a row that eject an instance, 1..1000000",
+          [](auto& c) -> auto& { return c.outlier.consecutive_connect_failures; }),
       Duration<C>(
           "outlier-ejection", "First ejection time (doubles each time), 1ms..24h",
           [](auto& c) -> auto& { return c.outlier.base_ejection_ms; }),
@@ -310,6 +321,13 @@ const std::vector<Row<ClusterOptions>>& ClusterRows() {
       Fraction<C>(
           "outlier-max-ejected", "Share of instances ejected at once at most, 0..1",
           [](auto& c) -> auto& { return c.outlier.max_ejected_fraction; }),
+      Duration<C>(
+          "probe-interval",
+          "Probe instances ejected for connect errors or timeouts this often (0: off), 0..1h",
+          [](auto& c) -> auto& { return c.probe_interval_ms; }),
+      Duration<C>(
+          "probe-timeout", "Timeout of one probe of an ejected instance, 1ms..1h",
+          [](auto& c) -> auto& { return c.probe_timeout_ms; }),
       Text<C>(
           "health-path", "Active health checks (static upstreams): GET this path",
           [](auto& c) -> auto& { return c.health.path; }),

@@ -40,6 +40,15 @@ Task<void> Pump(Socket& from, SocketDeadline& from_deadline, Socket& to,
   to.close(ec);
 }
 
+// A failed connect as outlier detection sees it: refused/reset means dead.
+lb::Outcome ConnectOutcome(bool had_connection, const error_code& ec) {
+  if (!had_connection) return lb::Outcome::kFailure;  // our own connection limit
+  if (ec == asio::error::connection_refused || ec == asio::error::connection_reset) {
+    return lb::Outcome::kConnectFailure;
+  }
+  return ec == asio::error::timed_out ? lb::Outcome::kTimeout : lb::Outcome::kFailure;
+}
+
 // Connects to an instance of the cluster, failing over to another at once when a connect fails.
 // Returns the connection (and the pick it counts against), or nullptr when none could be reached.
 Task<std::unique_ptr<UpstreamConn>> ConnectWithFailover(Cluster& c, std::optional<uint64_t> hash,
@@ -59,7 +68,7 @@ Task<std::unique_ptr<UpstreamConn>> ConnectWithFailover(Cluster& c, std::optiona
       *picked = std::move(p);
       co_return conn;
     }
-    c.Finish(*p, start, true);
+    c.Finish(*p, start, ConnectOutcome(conn != nullptr, ec));
     c.metrics().connect_errors->Inc();
     if (attempt > 1) c.metrics().failovers->Inc();
     HLOG_INFO("proxy_tcp_connect_failed", "cluster={} upstream={} error=\"{}\"", c.metrics().name,
@@ -94,7 +103,7 @@ Task<void> ServeTcpClient(WorkerContext& w, const ListenerRuntime& listener, Soc
   const int64_t idle = w.opts.idle_timeout_ms;
   co_await (Pump(socket, client_deadline, up->socket, up->deadline, idle) &&
             Pump(up->socket, up->deadline, socket, client_deadline, idle));
-  c.Finish(*picked, start, false);
+  c.Finish(*picked, start, lb::Outcome::kSuccess);
   --w.inflight;
 }
 

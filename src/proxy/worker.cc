@@ -64,6 +64,9 @@ Worker::Worker(int index, const ProxyOptions& opts,
       // Validated before: every route names a cluster.
       l->route_clusters.push_back(clusters_[it - opts.clusters.begin()].get());
     }
+    if (lo.mode == ListenerMode::kTcp) {
+      for (Cluster* c : l->route_clusters) c->set_probe_http(false);
+    }
     listeners_.push_back(std::move(l));
   }
 }
@@ -99,6 +102,7 @@ uint16_t Worker::bound_port(size_t listener) const {
 
 void Worker::Start() {
   for (auto& l : listeners_) asio::co_spawn(*ioc_, AcceptLoop(*l), Detached("accept"));
+  for (auto& c : clusters_) asio::co_spawn(*ioc_, c->ProbeLoop(), Detached("probe"));
   thread_ = std::thread([this] { ioc_->run(); });
 }
 
@@ -162,6 +166,11 @@ void Worker::PostStatus(std::function<void(boost::json::object)> done) {
       clusters[opts_.clusters[i].name] = clusters_[i]->StatusJson();
     }
     o["clusters"] = std::move(clusters);
+    boost::json::object try_timeouts;  // the adaptive per-try timeout each cluster uses now
+    for (size_t i = 0; i < clusters_.size(); ++i) {
+      try_timeouts[opts_.clusters[i].name] = clusters_[i]->TryTimeoutMs(true, 1, NowMs());
+    }
+    o["try_timeout_ms"] = std::move(try_timeouts);
     done(std::move(o));
   });
 }

@@ -18,7 +18,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -417,5 +419,105 @@ class Load {
   std::string first_failure_;
   std::vector<std::thread> threads_;
 };
+
+// Threads that each make their own call (a keep-alive HTTP client, a ServiceClient call, ...) and
+// run it back to back until Stop(): counts answers and failures, the slowest call of the current
+// phase, and when each backend (the body of /id) last answered. For failure-transition tests.
+class TimedLoad {
+ public:
+  // One call: the status and body of the answer, or an error.
+  using Call = std::function<Result<std::pair<int, std::string>>()>;
+
+  TimedLoad(int threads, const std::function<Call()>& make_call) {
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this, call = make_call()] { Run(call); });
+    }
+  }
+  ~TimedLoad() { Stop(); }
+  TimedLoad(const TimedLoad&) = delete;
+  TimedLoad& operator=(const TimedLoad&) = delete;
+
+  void Stop() {
+    stop_ = true;
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+  int64_t ok() const { return ok_.load(); }
+  int64_t failed() const { return failed_.load(); }
+  std::string first_failure() const {
+    std::lock_guard lock(mu_);
+    return first_failure_;
+  }
+  // The slowest call that ended since the last TakeMaxMs (or the start), and starts a new phase.
+  int64_t TakeMaxMs() { return max_ms_.exchange(0); }
+  // Calls slower than `ms` (>= 50) so far, to 10 ms.
+  int64_t SlowerThan(int64_t ms) const {
+    std::lock_guard lock(mu_);
+    int64_t n = 0;
+    for (const auto& [at, count] : slow_) n += at >= ms ? count : 0;
+    return n;
+  }
+  int64_t answers(const std::string& backend) const {
+    std::lock_guard lock(mu_);
+    auto it = by_backend_.find(backend);
+    return it == by_backend_.end() ? 0 : it->second;
+  }
+  size_t backends_seen() const {
+    std::lock_guard lock(mu_);
+    return by_backend_.size();
+  }
+  // NowMs() when `backend` last answered (0: never).
+  int64_t last_answer_ms(const std::string& backend) const {
+    std::lock_guard lock(mu_);
+    auto it = last_answer_.find(backend);
+    return it == last_answer_.end() ? 0 : it->second;
+  }
+
+ private:
+  void Run(const Call& call) {
+    while (!stop_) {
+      const int64_t start = NowMs();
+      auto r = call();
+      const int64_t end = NowMs();
+      const int64_t took = end - start;
+      int64_t prev = max_ms_.load();
+      while (took > prev && !max_ms_.compare_exchange_weak(prev, took)) {
+      }
+      std::lock_guard lock(mu_);
+      if (took >= 50) ++slow_[took / 10 * 10];
+      if (r.ok() && r->first == 200) {
+        ++ok_;
+        ++by_backend_[r->second];
+        last_answer_[r->second] = end;
+        continue;
+      }
+      ++failed_;
+      if (first_failure_.empty()) {
+        first_failure_ =
+            r.ok() ? std::to_string(r->first) + " " + r->second : r.status().ToString();
+      }
+    }
+  }
+
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> ok_{0}, failed_{0}, max_ms_{0};
+  mutable std::mutex mu_;
+  std::map<std::string, int64_t> by_backend_;
+  std::map<std::string, int64_t> last_answer_;
+  std::map<int64_t, int64_t> slow_;  // calls of 50 ms or more by latency, in 10 ms steps
+  std::string first_failure_;
+  std::vector<std::thread> threads_;
+};
+
+// A TimedLoad call: GET `target` through a keep-alive HTTP client to 127.0.0.1:port.
+inline TimedLoad::Call HttpCall(int port, std::string target = "/id") {
+  auto client = std::make_shared<net::HttpClient>(Url(port), 10000);
+  return [client, target]() -> Result<std::pair<int, std::string>> {
+    auto r = client->Request("GET", target);
+    if (!r.ok()) return r.status();
+    return std::make_pair(r->status, std::move(r->body));
+  };
+}
 
 }  // namespace haven::itest

@@ -171,5 +171,66 @@ TEST(OutlierDetector, ForgiveEndsAnEjectionAndTheStreakButKeepsTheDoubling) {
   EXPECT_EQ(d.ejections_total(), 2u);
 }
 
+// A refused or reset connection is a definite sign of death: one ejects at once, for a reason
+// an active probe may disprove.
+TEST(OutlierDetector, ConnectFailureEjectsAtOnce) {
+  OutlierDetector d(Opts());
+  d.SetEndpoints(Numbered(3));
+  EXPECT_EQ(d.OnOutcome("e1", Outcome::kConnectFailure, 10), EjectionReason::kConnect);
+  EXPECT_TRUE(d.IsEjected("e1", 10));
+  EXPECT_TRUE(d.WantsProbe("e1", 10));
+  EXPECT_EQ(d.reason("e1", 10), EjectionReason::kConnect);
+  d.Forgive("e1", 20);  // the probe got an answer
+  EXPECT_FALSE(d.IsEjected("e1", 20));
+  EXPECT_FALSE(d.WantsProbe("e1", 20));
+  EXPECT_EQ(d.reason("e1", 20), EjectionReason::kNone);
+}
+
+TEST(OutlierDetector, ConnectFailuresThresholdIsASetting) {
+  OutlierOptions o = Opts();
+  o.consecutive_connect_failures = 2;
+  OutlierDetector d(o);
+  d.SetEndpoints(Numbered(3));
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kConnectFailure, 0), EjectionReason::kNone);
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kSuccess, 0), EjectionReason::kNone);  // streak broken
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kConnectFailure, 0), EjectionReason::kNone);
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kConnectFailure, 0), EjectionReason::kConnect);
+}
+
+TEST(OutlierDetector, TimeoutsEjectAsTimeoutsAndMayBeProbed) {
+  OutlierDetector d(Opts());  // 3 in a row
+  d.SetEndpoints(Numbered(3));
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kTimeout, 0), EjectionReason::kNone);
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kTimeout, 0), EjectionReason::kNone);
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kTimeout, 0), EjectionReason::kTimeout);
+  EXPECT_TRUE(d.WantsProbe("e0", 1));
+  // A streak with a 5xx in it is about answers a probe cannot judge: no probe.
+  EXPECT_EQ(d.OnOutcome("e1", Outcome::kTimeout, 0), EjectionReason::kNone);
+  EXPECT_EQ(d.OnOutcome("e1", Outcome::kFailure, 0), EjectionReason::kNone);
+  EXPECT_FALSE(d.IsEjected("e1", 0));
+  OutlierDetector d2(Opts());
+  d2.SetEndpoints(Numbered(3));
+  d2.OnOutcome("e1", Outcome::kTimeout, 0);
+  d2.OnOutcome("e1", Outcome::kFailure, 0);
+  EXPECT_EQ(d2.OnOutcome("e1", Outcome::kTimeout, 0), EjectionReason::kFailures);
+  EXPECT_TRUE(d2.IsEjected("e1", 1));
+  EXPECT_FALSE(d2.WantsProbe("e1", 1));
+  EXPECT_EQ(EjectionReasonName(EjectionReason::kFailures), "failures");
+}
+
+TEST(OutlierDetector, ConnectEjectionStillHonoursTheMaxShare) {
+  OutlierDetector d(Opts());  // at most half of 3: one at a time
+  d.SetEndpoints(Numbered(3));
+  EXPECT_EQ(d.OnOutcome("e0", Outcome::kConnectFailure, 0), EjectionReason::kConnect);
+  EXPECT_EQ(d.OnOutcome("e1", Outcome::kConnectFailure, 0), EjectionReason::kNone);
+  EXPECT_FALSE(d.IsEjected("e1", 0));
+}
+
+TEST(OutlierDetector, ValidatesConnectFailures) {
+  OutlierOptions o = Opts();
+  o.consecutive_connect_failures = 0;
+  EXPECT_FALSE(ValidateOutlierOptions(o).ok());
+}
+
 }  // namespace
 }  // namespace haven::lb

@@ -75,7 +75,7 @@ TEST(RetryPolicy, WaitBasedOnlyFor502To504AndTimeout) {
   std::vector<int64_t> delays;
   for (int i = 0; i < 50; ++i) {
     delays.push_back(
-        p.Decide(Idempotent(), Fail(AttemptFailure::kTimeout, true), 1, kNow, kFar).delay_ms);
+        p.Decide(Idempotent(), Fail(AttemptFailure::kStatus, true, 503), 1, kNow, kFar).delay_ms);
   }
   EXPECT_NE(*std::min_element(delays.begin(), delays.end()),
             *std::max_element(delays.begin(), delays.end()));

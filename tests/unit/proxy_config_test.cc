@@ -102,6 +102,11 @@ TEST(ProxySettingsTest, ClusterKeysSetTheirFields) {
       {"health-timeout", "500ms"},
       {"unhealthy-threshold", "5"},
       {"healthy-threshold", "6"},
+      {"try-timeout-multiplier", "4"},
+      {"try-timeout-floor", "30ms"},
+      {"outlier-connect-failures", "2"},
+      {"probe-interval", "20ms"},
+      {"probe-timeout", "300ms"},
   };
   for (const auto& [key, value] : settings) {
     ASSERT_TRUE(SetClusterSetting(&c, key, value).ok()) << key;
@@ -131,6 +136,11 @@ TEST(ProxySettingsTest, ClusterKeysSetTheirFields) {
   EXPECT_EQ(c.health.timeout_ms, 500);
   EXPECT_EQ(c.health.unhealthy_threshold, 5);
   EXPECT_EQ(c.health.healthy_threshold, 6);
+  EXPECT_EQ(c.try_timeout.multiplier, 4);
+  EXPECT_EQ(c.try_timeout.floor_ms, 30);
+  EXPECT_EQ(c.outlier.consecutive_connect_failures, 2);
+  EXPECT_EQ(c.probe_interval_ms, 20);
+  EXPECT_EQ(c.probe_timeout_ms, 300);
   // Every key of the table is exercised above.
   EXPECT_EQ(SettingsOf(SettingScope::kCluster).size(), settings.size() - 1);
 }
@@ -402,6 +412,33 @@ TEST(ProxyValidateTest, Clusters) {
   ring.clusters[0].hash_header = "X-User";
   ring.clusters[0].policy = lb::Policy::kRingHash;
   EXPECT_TRUE(ValidateProxyOptions(ring).ok());
+}
+
+// Issue 7's settings: adaptive per-try timeout, connect-failure ejection, probes of ejected
+// instances. Defaults give the fast failover out of the box; each has a validated range.
+TEST(ProxyValidateTest, FailureTransitionSettings) {
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "try-timeout-multiplier"), "3");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "try-timeout-floor"), "25ms");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "outlier-connect-failures"), "1");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "probe-interval"), "50ms");
+  EXPECT_EQ(DefaultSettingText(SettingScope::kCluster, "probe-timeout"), "1s");
+  ClusterOptions c;
+  ASSERT_TRUE(SetClusterSetting(&c, "try-timeout-multiplier", "0").ok());
+  EXPECT_EQ(c.try_timeout.multiplier, 0);
+  ASSERT_TRUE(SetClusterSetting(&c, "probe-interval", "0").ok());
+  EXPECT_EQ(c.probe_interval_ms, 0);
+  ASSERT_TRUE(SetClusterSetting(&c, "outlier-connect-failures", "3").ok());
+  EXPECT_EQ(c.outlier.consecutive_connect_failures, 3);
+  EXPECT_THAT(ErrorOf(SetClusterSetting(&c, "try-timeout-floor", "soon")),
+              HasSubstr("try-timeout-floor"));
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].try_timeout.multiplier = 101; },
+                "--try-timeout-multiplier");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].try_timeout.floor_ms = 0; },
+                "--try-timeout-floor");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].outlier.consecutive_connect_failures = 0; },
+                "--outlier-connect-failures");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].probe_interval_ms = -1; }, "--probe-interval");
+  ExpectInvalid([](ProxyOptions& o) { o.clusters[0].probe_timeout_ms = 0; }, "--probe-timeout");
 }
 
 TEST(ProxyValidateTest, HealthChecks) {

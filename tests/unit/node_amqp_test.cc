@@ -661,7 +661,8 @@ TEST_F(AmqpTest, RedeliveriesCarryXDeliveryCountAndTheStoredMessageIsUnchanged) 
   amqp::BasicProperties published;
   published.content_type = "text/plain";
   std::string stored = OnExecutor([&] {
-    for (const auto& q : broker_->state().TakeSnapshot().queues()) {
+    mq::pb::Snapshot snap = broker_->state().TakeSnapshot();
+    for (const auto& q : snap.queues()) {
       if (q.queue().name() == "counted" && q.ready_size() == 1) return q.ready(0).properties();
     }
     return std::string("<none>");

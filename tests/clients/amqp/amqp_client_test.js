@@ -276,8 +276,12 @@ function assertXDeath(msg, {queue, reason, count = 1, exchange = '', routingKeys
   assert.equal(e.count, count, 'x-death[0].count');
   assert.equal(e.exchange, exchange, 'x-death[0].exchange');
   assert.deepEqual(e['routing-keys'], routingKeys || [queue], 'x-death[0].routing-keys');
+  // amqplib decodes an AMQP timestamp as {'!': 'timestamp', value: seconds}.
+  assert.equal(e.time && e.time['!'], 'timestamp', `x-death[0].time ${JSON.stringify(e.time)}`);
   const now = Date.now() / 1000;
-  assert.ok(Math.abs(e.time - now) < 600, `x-death[0].time ${e.time} is not about now (${now})`);
+  assert.ok(
+      Math.abs(e.time.value - now) < 600,
+      `x-death[0].time ${e.time.value} is not about now (${now})`);
   const f = first || {queue, reason, exchange};
   assert.equal(h['x-first-death-queue'], f.queue, 'x-first-death-queue');
   assert.equal(h['x-first-death-reason'], f.reason, 'x-first-death-reason');
@@ -476,6 +480,45 @@ async function checkConsumePrefetch(s) {
   assert.equal(await ch2.get(BULK_QUEUE, {noAck: true}), false, 'queue empty after acks');
   log(`#   consumed ${received.length} in ${ms} ms, max unacked ${maxUnacked}, ` +
       `${batches} ack batches`);
+}
+
+// basic.qos global=true (amqplib's prefetch(n, true)): one window shared by the channel's
+// consumers, as RabbitMQ has it.
+async function checkGlobalPrefetch(s) {
+  const ch = await s.channel({confirm: true});
+  const q = 'q2-global';
+  const n = 12;
+  const window = 3;
+  await declareQuorum(ch, q);
+  for (let i = 0; i < n; i++) await publishConfirmed(ch, '', q, Buffer.from(`w${i}`));
+  const cc = await s.channel();
+  await cc.prefetch(window, true);
+  const held = [];
+  let got = 0;
+  let maxHeld = 0;
+  const onMessage = (msg) => {
+    if (!msg) return;
+    got += 1;
+    held.push(msg);
+    maxHeld = Math.max(maxHeld, held.length);
+  };
+  await cc.consume(q, onMessage, {noAck: false});
+  await cc.consume(q, onMessage, {noAck: false});
+  await waitFor(() => held.length >= window, 'the first window');
+  await sleep(300);
+  assert.equal(
+      held.length, window,
+      `two consumers got ${held.length} with a global prefetch of ${window}`);
+  while (got < n) {
+    cc.ack(held[held.length - 1], true);
+    held.length = 0;
+    const before = got;
+    await waitFor(() => got > before, `deliveries after ${before}`);
+    await sleep(50);
+  }
+  assert.ok(maxHeld <= window, `${maxHeld} unacked at once with a global prefetch of ${window}`);
+  cc.ack(held[held.length - 1], true);
+  assert.equal(got, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -918,6 +961,7 @@ const CHECKS = [
     '2 consume them with prefetch 10 and manual acks: order, bodies, properties',
     checkConsumePrefetch
   ],
+  ['2b basic.qos global: one window for all the channel\'s consumers', checkGlobalPrefetch],
   ['3a nack with requeue redelivers with the redelivered flag', checkNackRequeue],
   ['3b reject without requeue dead-letters to the DLX', checkRejectToDlx],
   ['3c x-delivery-limit dead-letters after the limit', checkDeliveryLimit],

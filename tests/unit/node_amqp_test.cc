@@ -612,6 +612,31 @@ TEST_F(AmqpTest, GlobalQosCapsTheWholeChannel) {
   }));
 }
 
+// A global limit set after the consumers exist applies to them too (RabbitMQ: the channel's
+// limit covers every consumer on it); setting it back to 0 lifts it.
+TEST_F(AmqpTest, GlobalQosAppliesToExistingConsumers) {
+  auto c = Connect();
+  c->DeclareQueue(1, "later");
+  c->OpenChannel(2);
+  for (const char* tag : {"x", "y"}) {
+    amqp::BasicConsume consume;
+    consume.queue = "later";
+    consume.consumer_tag = tag;
+    c->Send(2, consume);
+    c->Expect<amqp::BasicConsumeOk>(2);
+  }
+  c->Send(2, amqp::BasicQos{0, 2, true});
+  c->Expect<amqp::BasicQosOk>(2);
+  auto publisher = Connect();  // its confirms must not interleave with the deliveries
+  PublishConfirmed(*publisher, 1, "later", 6);
+  auto got = Deliveries(ReadUntilQuiet(*c, 400));
+  EXPECT_EQ(got.size(), 2u) << "the global window of 2 on consumers made before it";
+  c->Send(2, amqp::BasicQos{0, 0, true});
+  c->Expect<amqp::BasicQosOk>(2);
+  auto rest = Deliveries(ReadUntilQuiet(*c, 400));
+  EXPECT_EQ(got.size() + rest.size(), 6u) << "no limit any more";
+}
+
 // The header value of `name` in a delivered command, if any.
 std::optional<amqp::FieldValue> HeaderOf(const amqp::Command& cmd, std::string_view name) {
   if (!cmd.header || !cmd.header->props.headers) return std::nullopt;

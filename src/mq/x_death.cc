@@ -4,6 +4,7 @@
 #include "mq/x_death.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -136,12 +137,20 @@ bool SplitHeaders(std::string_view table, std::vector<RawEntry>* out) {
   return t.ok();
 }
 
-// Skips the properties after the headers whose flags are in `flags` and at most `last`.
+// Skips, in wire order, the properties after the headers that `flags` has, up to `last` included.
 void SkipAfterHeaders(Cursor& c, uint16_t flags, uint16_t last) {
-  constexpr std::pair<uint16_t, int> kLayout[] = {
-      {kFlagDeliveryMode, 1}, {kFlagPriority, 1},  {kFlagCorrelationId, 0}, {kFlagReplyTo, 0},
-      {kFlagExpiration, 0},   {kFlagMessageId, 0}, {kFlagTimestamp, 8},     {kFlagType, 0},
-      {kFlagUserId, 0},       {kFlagAppId, 0},     {kFlagClusterId, 0}};  // 0: shortstr
+  constexpr std::array<std::pair<uint16_t, int>, 11> kLayout = {
+      {{kFlagDeliveryMode, 1},
+       {kFlagPriority, 1},
+       {kFlagCorrelationId, 0},
+       {kFlagReplyTo, 0},
+       {kFlagExpiration, 0},
+       {kFlagMessageId, 0},
+       {kFlagTimestamp, 8},
+       {kFlagType, 0},
+       {kFlagUserId, 0},
+       {kFlagAppId, 0},
+       {kFlagClusterId, 0}}};  // 0: shortstr
   for (auto [flag, size] : kLayout) {
     if (flag < last) break;
     if (!(flags & flag)) continue;

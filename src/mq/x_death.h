@@ -21,7 +21,7 @@ namespace haven::mq {
 // x-death is bounded: a message that cycles through many queues (or a publisher that sends a huge
 // x-death of its own) keeps its most recent entries only.
 inline constexpr size_t kMaxXDeathEntries = 100;
-inline constexpr size_t kMaxXDeathBytes = 32 * 1024;  // the encoded array
+inline constexpr size_t kMaxXDeathBytes = size_t{32} * 1024;  // the encoded array
 
 // One dead-lettering event, as x-death records it.
 struct DeathEvent {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "mq/topic.h"
+#include "mq/x_death.h"
 
 namespace haven::mq {
 namespace {
@@ -705,8 +706,8 @@ void BrokerState::EnforceMaxLength(Queue& q, Ctx& ctx) {
 }
 
 // Republishes m to q's dead-letter exchange as new messages (one per target queue), or drops it.
-// RabbitMQ strips a dead-lettered message's expiration; the shell does it in the properties and
-// here the copies carry no per-message TTL.
+// The copies carry x-death as RabbitMQ writes it (AddDeath also strips the expiration property,
+// and here the copies carry no per-message TTL); properties that do not parse are kept as they are.
 void BrokerState::DeadLetter(Queue& q, StoredMessage m, pb::DeadLetterReason reason, Ctx& ctx) {
   DeadLettered record{q.def.name(), m.id, reason, {}};
   const pb::QueueArgs& a = q.def.args();
@@ -721,7 +722,13 @@ void BrokerState::DeadLetter(Queue& q, StoredMessage m, pb::DeadLetterReason rea
       auto payload = std::make_shared<Payload>();
       payload->exchange = a.dead_letter_exchange();
       payload->routing_key = rk;
-      payload->properties = m.payload->properties;
+      DeathEvent event{q.def.name(),
+                       std::string(DeathReasonName(reason)),
+                       m.payload->exchange,
+                       {m.payload->routing_key},
+                       static_cast<uint64_t>(std::max<int64_t>(ctx.now, 0)) / 1000};
+      auto properties = AddDeath(m.payload->properties, event);
+      payload->properties = properties.ok() ? std::move(*properties) : m.payload->properties;
       payload->body = m.payload->body;
       pb::Death& d = payload->death;
       d.set_reason(reason);

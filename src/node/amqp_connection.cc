@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <optional>
 #include <random>
@@ -12,6 +13,7 @@
 
 #include "base/log.h"
 #include "mq/amqp_codec.h"
+#include "mq/x_death.h"
 
 namespace haven::node {
 
@@ -172,12 +174,15 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     std::string tag;
     std::string id;  // OWNER/channel/tag
     bool no_ack = false;
+    uint16_t prefetch = 0;            // its own limit (basic.qos global=false before consume)
+    uint32_t credit = 0;              // the window the broker has for it (0: none)
     bool ready = false;               // consume-ok sent: deliveries may follow
     std::vector<mq::Delivery> early;  // applied before consume-ok was sent
   };
   struct Unacked {
     std::string consumer_id;
     uint64_t message_id = 0;
+    bool counted = false;  // a push delivery: counts toward the channel's global prefetch
   };
   struct Channel {
     explicit Channel(uint64_t max_body, uint64_t gen) : assembler(max_body), generation(gen) {}
@@ -186,7 +191,12 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     bool closing = false;  // we sent channel.close and wait for close-ok
     bool confirm = false;
     uint64_t next_publish_seq = 1;
-    uint16_t prefetch = 0;
+    uint16_t prefetch = 0;         // per consumer, for consumers created after it is set
+    uint16_t global_prefetch = 0;  // shared by all the channel's consumers (0: no limit)
+    size_t counted_unacked = 0;    // unacked entries with `counted`
+    // Deliveries the broker made that would put the channel over global_prefetch: sent, in order,
+    // as acks make room. Bounded: each consumer's broker window is at most global_prefetch.
+    std::deque<std::pair<std::string, mq::Delivery>> held;  // (consumer tag, delivery)
     uint64_t next_delivery_tag = 1;
     std::map<uint64_t, Unacked> unacked;
     std::map<std::string, Consumer> consumers;  // by tag
@@ -388,6 +398,8 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     ch.consumers.clear();
     ch.get_holders.clear();
     ch.unacked.clear();
+    ch.counted_unacked = 0;
+    ch.held.clear();
     ch.assembler.Reset();
   }
   void FireAndForget(mq::pb::Command cmd) {
@@ -604,9 +616,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
       return SendMethod(id, amqp::ChannelCloseOk{});
     }
     if (std::holds_alternative<amqp::ChannelCloseOk>(m)) return;  // not closing: ignore
-    if (auto* f = std::get_if<amqp::ChannelFlow>(&m)) {
-      return SendMethod(id, amqp::ChannelFlowOk{f->active});
-    }
+    if (auto* f = std::get_if<amqp::ChannelFlow>(&m)) return ChannelFlow(id, *f);
     if (auto* x = std::get_if<amqp::ExchangeDeclare>(&m)) return ExchangeDeclare(id, *x);
     if (auto* x = std::get_if<amqp::ExchangeDelete>(&m)) return ExchangeDelete(id, *x);
     if (auto* x = std::get_if<amqp::QueueDeclare>(&m)) return QueueDeclare(id, ch, *x);
@@ -614,10 +624,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     if (auto* x = std::get_if<amqp::QueueUnbind>(&m)) return QueueUnbind(id, ch, *x);
     if (auto* x = std::get_if<amqp::QueuePurge>(&m)) return QueuePurge(id, ch, *x);
     if (auto* x = std::get_if<amqp::QueueDelete>(&m)) return QueueDelete(id, ch, *x);
-    if (auto* x = std::get_if<amqp::BasicQos>(&m)) {
-      ch.prefetch = x->prefetch_count;  // global: treated as per consumer
-      return SendMethod(id, amqp::BasicQosOk{});
-    }
+    if (auto* x = std::get_if<amqp::BasicQos>(&m)) return BasicQos(id, ch, *x);
     if (auto* x = std::get_if<amqp::BasicConsume>(&m)) return BasicConsume(id, ch, *x);
     if (auto* x = std::get_if<amqp::BasicCancel>(&m)) return BasicCancel(id, ch, *x);
     if (auto* x = std::get_if<amqp::BasicPublish>(&m)) return BasicPublish(id, ch, *x, cmd);
@@ -776,6 +783,52 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     return tag.rfind("get:", 0) == 0 || tag.rfind("get-noack:", 0) == 0;
   }
 
+  // RabbitMQ (3.3 and later, 3.10 included) refuses client-initiated flow control: active=false
+  // closes the connection with 540 NOT_IMPLEMENTED "active=false"; active=true is acknowledged.
+  // Clients limit deliveries with basic.qos instead.
+  void ChannelFlow(uint16_t id, const amqp::ChannelFlow& f) {
+    if (!f.active) {
+      return ConnectionError(
+          ErrorFor<amqp::ChannelFlow>(amqp::kNotImplemented, "NOT_IMPLEMENTED - active=false"));
+    }
+    SendMethod(id, amqp::ChannelFlowOk{true});
+  }
+
+  // RabbitMQ's basic.qos: global=false sets the window of each consumer created after it;
+  // global=true one window shared by all the channel's consumers, existing ones included.
+  // prefetch_size is not implemented (540), as in RabbitMQ.
+  void BasicQos(uint16_t id, Channel& ch, const amqp::BasicQos& x) {
+    if (x.prefetch_size != 0) {
+      return ConnectionError(ErrorFor<amqp::BasicQos>(
+          amqp::kNotImplemented,
+          "NOT_IMPLEMENTED - prefetch_size!=0 (" + std::to_string(x.prefetch_size) + ")"));
+    }
+    if (!x.global) {
+      ch.prefetch = x.prefetch_count;
+      return SendMethod(id, amqp::BasicQosOk{});
+    }
+    ch.global_prefetch = x.prefetch_count;
+    for (auto& [tag, c] : ch.consumers) {
+      uint32_t credit = CreditFor(ch, c.prefetch);
+      if (c.no_ack || credit == c.credit) continue;
+      c.credit = credit;
+      mq::pb::Command cmd;
+      cmd.mutable_set_credit()->set_consumer_id(c.id);
+      cmd.mutable_set_credit()->set_credit(credit);
+      ProposeOn<amqp::BasicQos>(id, std::move(cmd), [](Channel&, auto&) {});
+    }
+    SendMethod(id, amqp::BasicQosOk{});
+    Pump(id, ch);
+  }
+
+  // The broker-side window of a consumer: its own prefetch, never above the channel's global one
+  // (so what the connection holds back is bounded by consumers x global prefetch). 0: none.
+  static uint32_t CreditFor(const Channel& ch, uint16_t prefetch) {
+    if (ch.global_prefetch == 0) return prefetch;
+    if (prefetch == 0) return ch.global_prefetch;
+    return std::min(prefetch, ch.global_prefetch);
+  }
+
   void BasicConsume(uint16_t id, Channel& ch, const amqp::BasicConsume& x) {
     std::string tag = x.consumer_tag.empty() ? RandomName("amq.ctag-") : x.consumer_tag;
     if (ch.consumers.contains(tag) || ReservedTag(tag)) {
@@ -790,12 +843,14 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     c.tag = tag;
     c.id = owner + "/" + std::to_string(id) + "/" + tag;
     c.no_ack = x.no_ack;
+    c.prefetch = ch.prefetch;
+    c.credit = CreditFor(ch, c.prefetch);
     mq::pb::Command cmd;
     auto* pc = cmd.mutable_consume();
     pc->set_queue(QueueName(ch, x.queue));
     pc->set_consumer_id(c.id);
     pc->set_owner(owner);
-    pc->set_credit(ch.prefetch);
+    pc->set_credit(c.credit);
     pc->set_no_ack(x.no_ack);
     pc->set_exclusive(x.exclusive);
     bool no_wait = x.no_wait;
@@ -805,7 +860,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
       if (!no_wait) SendMethod(id, amqp::BasicConsumeOk{tag});
       it->second.ready = true;
       std::vector<mq::Delivery> early = std::move(it->second.early);
-      for (const mq::Delivery& d : early) SendDelivery(id, ch, it->second, d);
+      for (const mq::Delivery& d : early) Deliver(id, ch, it->second, d);
     });
   }
 
@@ -821,6 +876,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     bool no_wait = x.no_wait;
     ProposeOn<amqp::BasicCancel>(id, std::move(cmd), [this, id, tag, no_wait](Channel& ch, auto&) {
       ch.consumers.erase(tag);
+      DropHeld(ch, tag);
       if (!no_wait) SendMethod(id, amqp::BasicCancelOk{tag});
     });
   }
@@ -901,6 +957,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     std::map<std::string, std::vector<uint64_t>> by_consumer;
     auto take = [&](std::map<uint64_t, Unacked>::iterator it) {
       by_consumer[it->second.consumer_id].push_back(it->second.message_id);
+      if (it->second.counted) --ch.counted_unacked;
       return ch.unacked.erase(it);
     };
     if (multiple) {
@@ -934,6 +991,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
       }
       ProposeOn<M>(id, std::move(cmd), [](Channel&, auto&) {});
     }
+    Pump(id, ch);
   }
 
   void BasicRecover(uint16_t id, Channel& ch, bool reply) {
@@ -943,6 +1001,8 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     }
     ids.insert(ids.end(), ch.get_holders.begin(), ch.get_holders.end());
     ch.unacked.clear();
+    ch.counted_unacked = 0;
+    ch.held.clear();  // the broker takes these back too: they are unacked there
     if (ids.empty()) {
       if (reply) SendMethod(id, amqp::BasicRecoverOk{});
       return;
@@ -991,27 +1051,76 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
       c->second.early.push_back(d);
       return;
     }
-    SendDelivery(where->first, ch, c->second, d);
+    Deliver(where->first, ch, c->second, d);
   }
 
-  void Track(Channel& ch, uint64_t tag, const mq::Delivery& d) {
+  // Sends a push delivery now, or holds it while the channel is at its global prefetch (acked
+  // deliveries only: no-ack consumers have no window, as in RabbitMQ).
+  void Deliver(uint16_t id, Channel& ch, const Consumer& c, const mq::Delivery& d) {
+    if (!c.no_ack && ch.global_prefetch != 0 &&
+        (ch.counted_unacked >= ch.global_prefetch || !ch.held.empty())) {
+      ch.held.emplace_back(c.tag, d);
+      return;
+    }
+    SendDelivery(id, ch, c, d);
+  }
+
+  // Sends held deliveries while the channel's global window has room.
+  void Pump(uint16_t id, Channel& ch) {
+    while (!ch.held.empty() &&
+           (ch.global_prefetch == 0 || ch.counted_unacked < ch.global_prefetch)) {
+      auto [tag, d] = std::move(ch.held.front());
+      ch.held.pop_front();
+      auto c = ch.consumers.find(tag);
+      if (c != ch.consumers.end()) SendDelivery(id, ch, c->second, d);
+    }
+  }
+
+  // A consumer that is gone: the broker took back what it had, held deliveries included.
+  static void DropHeld(Channel& ch, const std::string& tag) {
+    std::erase_if(ch.held, [&](const auto& h) { return h.first == tag; });
+  }
+
+  void Track(Channel& ch, uint64_t tag, const mq::Delivery& d, bool counted) {
     if (ch.unacked.size() >= opts.max_unacked_per_channel) return;  // acks of it: 406
-    ch.unacked[tag] = {d.consumer_id, d.message_id};
+    ch.unacked[tag] = {d.consumer_id, d.message_id, counted};
+    if (counted) ++ch.counted_unacked;
   }
 
   void SendDelivery(uint16_t id, Channel& ch, const Consumer& c, const mq::Delivery& d) {
     uint64_t tag = ch.next_delivery_tag++;
-    if (!c.no_ack) Track(ch, tag, d);
+    if (!c.no_ack) Track(ch, tag, d, /*counted=*/true);
     amqp::BasicDeliver m{c.tag, tag, d.redelivered, d.payload->exchange, d.payload->routing_key};
-    Send(amqp::EncodeContentFrames(id, m, d.payload->properties, d.payload->body, frame_max));
+    std::string props;
+    Send(amqp::EncodeContentFrames(id, m, PropertiesFor(d, props), d.payload->body, frame_max));
   }
 
   void SendGetOk(uint16_t id, Channel& ch, const mq::Delivery& d, bool track) {
     uint64_t tag = ch.next_delivery_tag++;
-    if (track) Track(ch, tag, d);
+    if (track) Track(ch, tag, d, /*counted=*/false);
     amqp::BasicGetOk m{tag, d.redelivered, d.payload->exchange, d.payload->routing_key,
                        Clamp32(d.message_count)};
-    Send(amqp::EncodeContentFrames(id, m, d.payload->properties, d.payload->body, frame_max));
+    std::string props;
+    Send(amqp::EncodeContentFrames(id, m, PropertiesFor(d, props), d.payload->body, frame_max));
+  }
+
+  // The properties a delivery goes out with: a message of a quorum queue returned before carries
+  // x-delivery-count (its returns so far), as RabbitMQ's quorum queues add it. The stored message
+  // is not changed; classic queues (x-queue-type=classic) add nothing, as in RabbitMQ.
+  // `scratch` holds edited properties; the common case copies nothing.
+  std::string_view PropertiesFor(const mq::Delivery& d, std::string& scratch) const {
+    const std::string& raw = d.payload->properties;
+    if (d.delivery_count == 0) return raw;
+    const mq::pb::Queue* q = broker.state().FindQueue(d.queue);
+    if (q != nullptr && q->args().queue_type() == "classic") return raw;
+    auto with = mq::WithHeader(raw, "x-delivery-count", int64_t{d.delivery_count});
+    if (!with.ok()) {
+      HLOG_WARN("amqp_delivery_count_skipped", "owner={} queue={} error=\"{}\"", owner, d.queue,
+                with.status().ToString());
+      return raw;
+    }
+    scratch = std::move(*with);
+    return scratch;
   }
 
   void OnBrokerCancel(const std::string& consumer_id) {
@@ -1021,6 +1130,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     auto it = channels.find(where->first);
     if (it == channels.end() || it->second.closing) return;
     if (it->second.consumers.erase(where->second) == 0) return;
+    DropHeld(it->second, where->second);
     SendMethod(where->first, amqp::BasicCancel{where->second, true});
   }
 

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <ctime>
 #include <future>
 #include <map>
 #include <optional>
@@ -513,6 +514,252 @@ TEST_F(AmqpTest, HeartbeatsBothWays) {
   auto start = std::chrono::steady_clock::now();
   EXPECT_TRUE(c.WaitClosed());
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(4));
+}
+
+// Reads commands until none comes for the client's timeout.
+std::vector<amqp::Command> ReadUntilQuiet(Client& c, int quiet_ms) {
+  c.SetTimeoutMs(quiet_ms);
+  std::vector<amqp::Command> out;
+  while (auto r = c.Read()) out.push_back(std::move(r->second));
+  c.SetTimeoutMs(5000);
+  return out;
+}
+
+std::vector<amqp::BasicDeliver> Deliveries(const std::vector<amqp::Command>& cmds) {
+  std::vector<amqp::BasicDeliver> out;
+  for (const auto& cmd : cmds) {
+    if (const auto* d = std::get_if<amqp::BasicDeliver>(&cmd.method)) out.push_back(*d);
+  }
+  return out;
+}
+
+// RabbitMQ refuses client-initiated flow control (540 "active=false"): haven does the same.
+TEST_F(AmqpTest, ChannelFlowActiveFalseIsRefusedAsRabbitMqRefusesIt) {
+  auto c = Connect();
+  c->Send(1, amqp::ChannelFlow{true});
+  auto ok = c->Expect<amqp::ChannelFlowOk>(1);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_TRUE(ok->active);
+  c->Send(1, amqp::ChannelFlow{false});
+  auto close = c->Expect<amqp::ConnectionClose>(0);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kNotImplemented);
+  EXPECT_EQ(close->reply_text, "NOT_IMPLEMENTED - active=false");
+  EXPECT_EQ(close->class_id, amqp::kClassChannel);
+  EXPECT_EQ(close->method_id, 20);
+}
+
+TEST_F(AmqpTest, PrefetchSizeIsNotImplemented) {
+  auto c = Connect();
+  c->Send(1, amqp::BasicQos{4096, 10, false});
+  auto close = c->Expect<amqp::ConnectionClose>(0);
+  ASSERT_TRUE(close.has_value());
+  EXPECT_EQ(close->reply_code, amqp::kNotImplemented);
+  EXPECT_EQ(close->class_id, amqp::kClassBasic);
+}
+
+// global=true: one window for all the channel's consumers; global=false: each consumer's own.
+TEST_F(AmqpTest, GlobalQosCapsTheWholeChannel) {
+  auto c = Connect();
+  c->DeclareQueue(1, "shared");
+  PublishConfirmed(*c, 1, "shared", 12);
+  c->OpenChannel(2);
+  c->Send(2, amqp::BasicQos{0, 2, false});  // each consumer: 2
+  c->Expect<amqp::BasicQosOk>(2);
+  c->Send(2, amqp::BasicQos{0, 3, true});  // the channel: 3
+  c->Expect<amqp::BasicQosOk>(2);
+  for (const char* tag : {"a", "b"}) {
+    amqp::BasicConsume consume;
+    consume.queue = "shared";
+    consume.consumer_tag = tag;
+    c->Send(2, consume);
+  }
+  auto first = ReadUntilQuiet(*c, 400);
+  int consume_oks = 0;
+  for (const auto& cmd : first)
+    consume_oks += std::holds_alternative<amqp::BasicConsumeOk>(cmd.method);
+  EXPECT_EQ(consume_oks, 2);
+  auto got = Deliveries(first);
+  ASSERT_EQ(got.size(), 3u) << "the channel's global window is 3";
+  std::map<std::string, int> per_tag;
+  for (const auto& d : got) ++per_tag[d.consumer_tag];
+  EXPECT_LE(per_tag["a"], 2);
+  EXPECT_LE(per_tag["b"], 2);
+
+  // One ack makes room for exactly one more.
+  c->Send(2, amqp::BasicAck{got[0].delivery_tag, false});
+  auto second = Deliveries(ReadUntilQuiet(*c, 400));
+  ASSERT_EQ(second.size(), 1u);
+
+  // Acking everything drains the queue, 3 at a time.
+  uint64_t last = second.back().delivery_tag;
+  size_t total = got.size() + second.size();
+  while (total < 12) {
+    c->Send(2, amqp::BasicAck{last, true});
+    auto more = Deliveries(ReadUntilQuiet(*c, 400));
+    ASSERT_FALSE(more.empty()) << "stalled after " << total;
+    ASSERT_LE(more.size(), 3u);
+    total += more.size();
+    last = more.back().delivery_tag;
+  }
+  EXPECT_EQ(total, 12u);
+  c->Send(2, amqp::BasicAck{last, true});
+  EXPECT_TRUE(WaitUntil([&] {
+    return OnExecutor([&] {
+      auto st = broker_->state().Stats("shared");
+      return st && st->ready == 0 && st->unacked == 0;
+    });
+  }));
+}
+
+// A global limit set after the consumers exist applies to them too (RabbitMQ: the channel's
+// limit covers every consumer on it); setting it back to 0 lifts it.
+TEST_F(AmqpTest, GlobalQosAppliesToExistingConsumers) {
+  auto c = Connect();
+  c->DeclareQueue(1, "later");
+  c->OpenChannel(2);
+  for (const char* tag : {"x", "y"}) {
+    amqp::BasicConsume consume;
+    consume.queue = "later";
+    consume.consumer_tag = tag;
+    c->Send(2, consume);
+    c->Expect<amqp::BasicConsumeOk>(2);
+  }
+  c->Send(2, amqp::BasicQos{0, 2, true});
+  c->Expect<amqp::BasicQosOk>(2);
+  auto publisher = Connect();  // its confirms must not interleave with the deliveries
+  PublishConfirmed(*publisher, 1, "later", 6);
+  auto got = Deliveries(ReadUntilQuiet(*c, 400));
+  EXPECT_EQ(got.size(), 2u) << "the global window of 2 on consumers made before it";
+  c->Send(2, amqp::BasicQos{0, 0, true});
+  c->Expect<amqp::BasicQosOk>(2);
+  auto rest = Deliveries(ReadUntilQuiet(*c, 400));
+  EXPECT_EQ(got.size() + rest.size(), 6u) << "no limit any more";
+}
+
+// The header value of `name` in a delivered command, if any.
+std::optional<amqp::FieldValue> HeaderOf(const amqp::Command& cmd, std::string_view name) {
+  if (!cmd.header || !cmd.header->props.headers) return std::nullopt;
+  const amqp::FieldValue* v = cmd.header->props.headers->Find(name);
+  return v ? std::optional<amqp::FieldValue>(*v) : std::nullopt;
+}
+
+// A delivery on channel 1 (skipping nothing else).
+std::optional<amqp::Command> NextDelivery(Client& c) {
+  auto r = c.Read();
+  if (!r || !std::holds_alternative<amqp::BasicDeliver>(r->second.method)) {
+    ADD_FAILURE() << "expected basic.deliver, got "
+                  << (r ? amqp::NameOf(r->second.method) : std::string_view("nothing"));
+    return std::nullopt;
+  }
+  return std::move(r->second);
+}
+
+TEST_F(AmqpTest, RedeliveriesCarryXDeliveryCountAndTheStoredMessageIsUnchanged) {
+  auto c = Connect();
+  c->DeclareQueue(1, "counted");
+  PublishConfirmed(*c, 1, "counted", 1);
+  amqp::BasicConsume consume;
+  consume.queue = "counted";
+  consume.consumer_tag = "t";
+  c->Send(1, consume);
+  c->Expect<amqp::BasicConsumeOk>(1);
+  auto first = NextDelivery(*c);
+  ASSERT_TRUE(first.has_value());
+  EXPECT_FALSE(HeaderOf(*first, "x-delivery-count").has_value()) << "first delivery";
+  uint64_t tag = std::get<amqp::BasicDeliver>(first->method).delivery_tag;
+  for (int64_t n = 1; n <= 2; ++n) {
+    c->Send(1, amqp::BasicNack{tag, false, true});
+    auto again = NextDelivery(*c);
+    ASSERT_TRUE(again.has_value());
+    const auto& d = std::get<amqp::BasicDeliver>(again->method);
+    EXPECT_TRUE(d.redelivered);
+    EXPECT_EQ(HeaderOf(*again, "x-delivery-count"), amqp::FieldValue(n));
+    EXPECT_EQ(again->header->props.content_type, "text/plain");
+    EXPECT_EQ(again->body, "msg0");
+    tag = d.delivery_tag;
+  }
+  // Back in the queue (cancel returns it): stored with the properties it was published with.
+  c->Send(1, amqp::BasicCancel{"t", false});
+  c->Expect<amqp::BasicCancelOk>(1);
+  ASSERT_TRUE(WaitUntil([&] { return Ready("counted") == 1; }));
+  amqp::BasicProperties published;
+  published.content_type = "text/plain";
+  std::string stored = OnExecutor([&] {
+    mq::pb::Snapshot snap = broker_->state().TakeSnapshot();
+    for (const auto& q : snap.queues()) {
+      if (q.queue().name() == "counted" && q.ready_size() == 1) return q.ready(0).properties();
+    }
+    return std::string("<none>");
+  });
+  EXPECT_EQ(stored, amqp::EncodeProperties(published));
+}
+
+TEST_F(AmqpTest, ClassicQueuesAddNoXDeliveryCount) {
+  auto c = Connect();
+  amqp::QueueDeclare d;
+  d.queue = "classic-q";
+  d.arguments.Set("x-queue-type", "classic");
+  c->Send(1, d);
+  c->Expect<amqp::QueueDeclareOk>(1);
+  PublishConfirmed(*c, 1, "classic-q", 1);
+  amqp::BasicConsume consume;
+  consume.queue = "classic-q";
+  c->Send(1, consume);
+  c->Expect<amqp::BasicConsumeOk>(1);
+  auto first = NextDelivery(*c);
+  ASSERT_TRUE(first.has_value());
+  c->Send(1, amqp::BasicReject{std::get<amqp::BasicDeliver>(first->method).delivery_tag, true});
+  auto again = NextDelivery(*c);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_TRUE(std::get<amqp::BasicDeliver>(again->method).redelivered);
+  EXPECT_FALSE(HeaderOf(*again, "x-delivery-count").has_value());
+}
+
+TEST_F(AmqpTest, RejectedToADeadLetterExchangeCarriesXDeath) {
+  auto c = Connect();
+  c->DeclareQueue(1, "dead");
+  amqp::QueueDeclare d;
+  d.queue = "src";
+  d.arguments.Set("x-dead-letter-exchange", "");
+  d.arguments.Set("x-dead-letter-routing-key", "dead");
+  c->Send(1, d);
+  c->Expect<amqp::QueueDeclareOk>(1);
+  PublishConfirmed(*c, 1, "src", 1);
+  amqp::BasicGet get;
+  get.queue = "src";
+  c->Send(1, get);
+  auto got = c->Expect<amqp::BasicGetOk>(1);
+  ASSERT_TRUE(got.has_value());
+  int64_t before = static_cast<int64_t>(std::time(nullptr));
+  c->Send(1, amqp::BasicReject{got->delivery_tag, false});
+  ASSERT_TRUE(WaitUntil([&] { return Ready("dead") == 1; }));
+  get.queue = "dead";
+  get.no_ack = true;
+  c->Send(1, get);
+  auto r = c->Read();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(std::holds_alternative<amqp::BasicGetOk>(r->second.method));
+  EXPECT_EQ(r->second.header->props.content_type, "text/plain");
+  auto xd = HeaderOf(r->second, "x-death");
+  ASSERT_TRUE(xd.has_value());
+  const auto* array = xd->get_if<amqp::FieldArray>();
+  ASSERT_NE(array, nullptr);
+  ASSERT_EQ(array->items.size(), 1u);
+  const auto* e = array->items[0].get_if<amqp::FieldTable>();
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(*e->Find("count"), amqp::FieldValue(int64_t{1}));
+  EXPECT_EQ(e->Find("reason")->AsString(), "rejected");
+  EXPECT_EQ(e->Find("queue")->AsString(), "src");
+  EXPECT_EQ(e->Find("exchange")->AsString(), "");
+  EXPECT_EQ(*e->Find("routing-keys"),
+            amqp::FieldValue(amqp::FieldArray({amqp::FieldValue("src")})));
+  const auto* time = e->Find("time")->get_if<amqp::Timestamp>();
+  ASSERT_NE(time, nullptr);
+  EXPECT_GE(static_cast<int64_t>(time->seconds), before - 60);
+  EXPECT_LE(static_cast<int64_t>(time->seconds), before + 60);
+  EXPECT_EQ(HeaderOf(r->second, "x-first-death-reason"), amqp::FieldValue("rejected"));
+  EXPECT_EQ(HeaderOf(r->second, "x-last-death-queue"), amqp::FieldValue("src"));
 }
 
 }  // namespace

@@ -263,6 +263,35 @@ function describeXDeath(msg) {
   return `x-death=${JSON.stringify(h['x-death'])}`;
 }
 
+// Checks a dead-lettered message's headers as RabbitMQ writes them: x-death[0] is the entry of
+// this (queue, reason) with its count, x-first-death-* name the first death, x-last-death-* this
+// one. Returns the x-death array.
+function assertXDeath(msg, {queue, reason, count = 1, exchange = '', routingKeys, first}) {
+  const h = msg.properties.headers || {};
+  const xd = h['x-death'];
+  assert.ok(Array.isArray(xd), `x-death missing or not an array: ${describeXDeath(msg)}`);
+  const e = xd[0];
+  assert.equal(e.queue, queue, 'x-death[0].queue');
+  assert.equal(e.reason, reason, 'x-death[0].reason');
+  assert.equal(e.count, count, 'x-death[0].count');
+  assert.equal(e.exchange, exchange, 'x-death[0].exchange');
+  assert.deepEqual(e['routing-keys'], routingKeys || [queue], 'x-death[0].routing-keys');
+  // amqplib decodes an AMQP timestamp as {'!': 'timestamp', value: seconds}.
+  assert.equal(e.time && e.time['!'], 'timestamp', `x-death[0].time ${JSON.stringify(e.time)}`);
+  const now = Date.now() / 1000;
+  assert.ok(
+      Math.abs(e.time.value - now) < 600,
+      `x-death[0].time ${e.time.value} is not about now (${now})`);
+  const f = first || {queue, reason, exchange};
+  assert.equal(h['x-first-death-queue'], f.queue, 'x-first-death-queue');
+  assert.equal(h['x-first-death-reason'], f.reason, 'x-first-death-reason');
+  assert.equal(h['x-first-death-exchange'], f.exchange, 'x-first-death-exchange');
+  assert.equal(h['x-last-death-queue'], queue, 'x-last-death-queue');
+  assert.equal(h['x-last-death-reason'], reason, 'x-last-death-reason');
+  assert.equal(h['x-last-death-exchange'], exchange, 'x-last-death-exchange');
+  return xd;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1 + 2: publish 200 with confirms, consume them with prefetch 10.
 
@@ -453,6 +482,45 @@ async function checkConsumePrefetch(s) {
       `${batches} ack batches`);
 }
 
+// basic.qos global=true (amqplib's prefetch(n, true)): one window shared by the channel's
+// consumers, as RabbitMQ has it.
+async function checkGlobalPrefetch(s) {
+  const ch = await s.channel({confirm: true});
+  const q = 'q2-global';
+  const n = 12;
+  const window = 3;
+  await declareQuorum(ch, q);
+  for (let i = 0; i < n; i++) await publishConfirmed(ch, '', q, Buffer.from(`w${i}`));
+  const cc = await s.channel();
+  await cc.prefetch(window, true);
+  const held = [];
+  let got = 0;
+  let maxHeld = 0;
+  const onMessage = (msg) => {
+    if (!msg) return;
+    got += 1;
+    held.push(msg);
+    maxHeld = Math.max(maxHeld, held.length);
+  };
+  await cc.consume(q, onMessage, {noAck: false});
+  await cc.consume(q, onMessage, {noAck: false});
+  await waitFor(() => held.length >= window, 'the first window');
+  await sleep(300);
+  assert.equal(
+      held.length, window,
+      `two consumers got ${held.length} with a global prefetch of ${window}`);
+  while (got < n) {
+    cc.ack(held[held.length - 1], true);
+    held.length = 0;
+    const before = got;
+    await waitFor(() => got > before, `deliveries after ${before}`);
+    await sleep(50);
+  }
+  assert.ok(maxHeld <= window, `${maxHeld} unacked at once with a global prefetch of ${window}`);
+  cc.ack(held[held.length - 1], true);
+  assert.equal(got, n);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3: nack/requeue, reject to a dead-letter exchange, delivery limit.
 
@@ -484,8 +552,10 @@ async function checkNackRequeue(s) {
   assert.equal(deliveries[1].content.toString(), 'again');
   await sleep(100);
   assert.equal(deliveries.length, 2, 'acked message delivered again');
-  const dc = (deliveries[1].properties.headers || {})['x-delivery-count'];
-  log(`#   redelivered after nack; x-delivery-count on redelivery: ${dc}`);
+  const counts = deliveries.map((m) => (m.properties.headers || {})['x-delivery-count']);
+  // A quorum queue's redelivery carries its returns so far; the first delivery carries none.
+  assert.deepEqual(counts, [undefined, 1], 'x-delivery-count of the two deliveries');
+  log(`#   redelivered after nack; x-delivery-count on redelivery: ${counts[1]}`);
 }
 
 async function checkRejectToDlx(s) {
@@ -508,8 +578,52 @@ async function checkRejectToDlx(s) {
   assert.equal(dead.properties.messageId, 'r1');
   assert.equal(dead.properties.correlationId, 'c-r1');
   assert.equal(dead.properties.headers.keep, 'me');
+  assertXDeath(dead, {queue: q, reason: 'rejected'});
   assert.equal(await ch.get(q, {noAck: true}), false, 'rejected message still in its queue');
   log(`#   rejected message on the DLX queue after ${ms} ms; ${describeXDeath(dead)}`);
+}
+
+// A message rejected around a cycle of two queues (each dead-letters to the other through the
+// default exchange): one x-death entry per (queue, reason), the count of the entry of the queue it
+// died in again incremented and that entry moved first.
+async function checkXDeathCounts(s) {
+  const ch = await s.channel({confirm: true});
+  const a = 'q3-cycle-a';
+  const b = 'q3-cycle-b';
+  await declareQuorum(ch, a, {'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': b});
+  await declareQuorum(ch, b, {'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': a});
+  await publishConfirmed(ch, '', a, Buffer.from('around'), {messageId: 'cy1', headers: {mine: 7}});
+  // Take each hop with an acked-mode get and reject it without requeue.
+  const hop = async (queue) => {
+    const m = await waitFor(() => ch.get(queue, {noAck: false}), `message on ${queue}`);
+    ch.reject(m, false);
+    return m;
+  };
+  await hop(a);              // a -> b
+  const onB = await hop(b);  // b -> a
+  assertXDeath(onB, {queue: a, reason: 'rejected', routingKeys: [a]});
+  const onA = await hop(a);  // a -> b again
+  const xdA = assertXDeath(onA, {
+    queue: b,
+    reason: 'rejected',
+    routingKeys: [b],
+    first: {queue: a, reason: 'rejected', exchange: ''}
+  });
+  assert.equal(xdA.length, 2);
+  const last = await waitFor(() => ch.get(b, {noAck: true}), `message back on ${b}`);
+  const xd = assertXDeath(last, {
+    queue: a,
+    reason: 'rejected',
+    count: 2,
+    routingKeys: [a],
+    first: {queue: a, reason: 'rejected', exchange: ''}
+  });
+  assert.equal(xd.length, 2, 'one entry per (queue, reason)');
+  assert.equal(xd[1].queue, b);
+  assert.equal(xd[1].count, 1);
+  assert.equal(last.properties.headers.mine, 7, 'the publisher\'s own header kept');
+  assert.equal(last.properties.messageId, 'cy1');
+  log(`#   after 3 rejections around a cycle: ${describeXDeath(last)}`);
 }
 
 // RabbitMQ: a message returned more than x-delivery-limit times is dead-lettered, so with limit L
@@ -539,6 +653,10 @@ async function checkDeliveryLimit(s) {
   assert.equal(
       deliveries.length, limit + 1, `deliveries before dead-lettering with limit ${limit}`);
   assert.deepEqual(deliveries.map((m) => m.fields.redelivered), [false, true, true]);
+  assert.deepEqual(
+      deliveries.map((m) => (m.properties.headers || {})['x-delivery-count']), [undefined, 1, 2],
+      'x-delivery-count of each delivery');
+  assertXDeath(dead, {queue: q, reason: 'delivery_limit'});
   log(`#   delivered ${deliveries.length} times with x-delivery-limit ${limit}, then ` +
       `dead-lettered; ${describeXDeath(dead)}`);
 }
@@ -818,6 +936,7 @@ async function checkTtlDeadLetter(s) {
   const ms = Date.now() - started;
   assert.deepEqual(dead.map((m) => m.content.toString()), ['e0', 'e1', 'e2']);
   assert.equal(dead[0].fields.routingKey, q, 'dead-letter keeps the original routing key');
+  for (const m of dead) assertXDeath(m, {queue: q, reason: 'expired'});
   assert.equal(await ch.get(q, {noAck: true}), false);
   log(`#   3 messages dead-lettered ${ms} ms after publish (ttl ${TTL_MS} ms); ` +
       `${describeXDeath(dead[0])}`);
@@ -842,9 +961,11 @@ const CHECKS = [
     '2 consume them with prefetch 10 and manual acks: order, bodies, properties',
     checkConsumePrefetch
   ],
+  ['2b basic.qos global: one window for all the channel\'s consumers', checkGlobalPrefetch],
   ['3a nack with requeue redelivers with the redelivered flag', checkNackRequeue],
   ['3b reject without requeue dead-letters to the DLX', checkRejectToDlx],
   ['3c x-delivery-limit dead-letters after the limit', checkDeliveryLimit],
+  ['3d x-death counts deaths per (queue, reason), most recent first', checkXDeathCounts],
   ['4a topic exchange routes * and # as RabbitMQ does', checkTopic],
   ['4b fanout exchange copies to every bound queue', checkFanout],
   ['4c direct exchange, unbind, exchange delete', checkDirect],

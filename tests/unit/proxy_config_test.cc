@@ -354,9 +354,7 @@ TEST(ProxyConfigTest, FilesAreReadWithLimits) {
 }
 
 TEST(ProxyConfigTest, TheDocumentedExampleLoads) {
-  std::string here = __FILE__;
-  std::string root = here.substr(0, here.rfind("/tests/unit/"));
-  auto loaded = LoadProxyConfig(root + "/docs/examples/proxy.yaml");
+  auto loaded = LoadProxyConfig(std::string(HAVEN_SOURCE_DIR) + "/docs/examples/proxy.yaml");
   ASSERT_TRUE(loaded.ok()) << ErrorOf(loaded);
   EXPECT_EQ(loaded->listeners.size(), 2u);
   EXPECT_EQ(loaded->clusters.size(), 3u);

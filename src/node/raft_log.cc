@@ -81,7 +81,8 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     Clock::time_point deadline;
   };
   std::map<uint64_t, InFlight> own_in_flight;
-  std::pair<uint64_t, uint64_t> routed_for{0, 0};    // (leader, term) of the last re-forward pass
+  std::pair<uint64_t, uint64_t> routed_for{0, 0};  // (leader, term) of the last re-forward pass
+  bool own_unsent = false;  // some own proposal waits for a leader (made while none was known)
   Clock::time_point leader_heard_at = Clock::now();  // a frame from the leader, or leading
   std::shared_ptr<net::Timer> tick_timer;
   bool ready_scheduled = false;
@@ -243,7 +244,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     const raft::NodeStatus st = node->status();
     f.sent_leader = st.leader;
     f.sent_term = st.term;
-    if (st.leader == 0) return;  // sent by RouteOwn once a leader is known
+    if (st.leader == 0) {
+      own_unsent = true;  // sent by RouteOwn once a leader is known
+      return;
+    }
     f.ever_sent = true;
     ProposeHere(f.p);
   }
@@ -252,8 +256,9 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   // Raft dissertation allows once duplicates are filtered at apply time.
   void RouteOwn() {
     const raft::NodeStatus st = node->status();
-    if (st.leader == 0 || routed_for == std::pair(st.leader, st.term)) return;
+    if (st.leader == 0 || (routed_for == std::pair(st.leader, st.term) && !own_unsent)) return;
     routed_for = {st.leader, st.term};
+    own_unsent = false;
     size_t resent = 0;
     for (auto& [seq, f] : own_in_flight) {
       if (f.sent_leader == st.leader && f.sent_term == st.term) continue;

@@ -661,7 +661,24 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     expire(reads_unasked);
     if (read_in_flight) expire(read_in_flight->waiters);
     for (auto& [index, ws] : reads_confirmed) expire(ws);
+    FailReadsOfSilentLeader(now);
     AskReadIndex();
+  }
+
+  // Reads asked of a leader nobody has heard from for leaderless_answer_ms are answered now (a
+  // read is safe to retry), as proposals are; reads made while no leader is known wait for one.
+  void FailReadsOfSilentLeader(Clock::time_point now) {
+    auto silent_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - leader_heard_at).count();
+    if (is_leader || node->status().leader == 0 || silent_ms < opts.leaderless_answer_ms) return;
+    Status why = Status::Unavailable("no leader heard from for " + std::to_string(silent_ms) +
+                                     " ms to confirm this read; retry it");
+    for (auto& w : reads_unasked) Answer(std::move(w.done), why);
+    reads_unasked.clear();
+    if (read_in_flight) {
+      for (auto& w : read_in_flight->waiters) Answer(std::move(w.done), why);
+      read_in_flight.reset();
+    }
   }
 
   size_t ReadsWaiting() const {

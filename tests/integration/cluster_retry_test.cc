@@ -104,9 +104,10 @@ class ClusterRetryTest : public ::testing::Test {
     return leader;
   }
 
-  // The counter's value and ModifyIndex on node i's own replica (nullopt: no answer).
-  std::optional<std::pair<int, uint64_t>> ReadCounter(Api& api) {
-    Reply r = api.Get("/v1/kv/counter?stale");
+  // The counter's value and ModifyIndex (nullopt: no answer); `stale`: the node's own replica,
+  // otherwise a read that sees every acknowledged write.
+  static std::optional<std::pair<int, uint64_t>> ReadCounter(Api& api, bool stale) {
+    Reply r = api.Get(stale ? "/v1/kv/counter?stale" : "/v1/kv/counter");
     if (r.status == 404) return std::pair<int, uint64_t>{0, 0};
     if (!r.ok()) return std::nullopt;
     json::value v = ParseJson(r.body);
@@ -173,7 +174,7 @@ TEST_F(ClusterRetryTest, ARetriedRequestGetsTheFirstOutcomeOnAnyNode) {
 // Clients spread over all nodes increment one counter kIncrements times by read + ?cas, each PUT
 // retried with its request id (on the next node) until it gets `true` or `false`. The leader is
 // SIGKILLed a third of the way in and restarted later. The counter ends exactly at kIncrements on
-// every node; every PUT in flight at the kill was answered within kInFlightBoundMs.
+// every node; every request in flight at the kill was answered within kInFlightBoundMs.
 TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsExact) {
   std::atomic<int> claimed{0}, acked{0};
   std::atomic<int> retried_true{0};  // a retry answered `true`: without ids it could double-apply
@@ -197,7 +198,15 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
           give_up = true;
           break;
         }
-        auto current = ReadCounter(*api);
+        Attempt read;
+        read.sent_ms = NowMs();
+        auto current = ReadCounter(*api, /*stale=*/false);
+        read.answered_ms = NowMs();
+        read.status = current ? 200 : 503;
+        {
+          std::lock_guard lock(mu);
+          attempts.push_back(read);
+        }
         if (!current) {
           next_node();
           std::this_thread::sleep_for(std::chrono::milliseconds(kRetryBackoffMs));
@@ -263,8 +272,8 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
   for (int i = 0; i < kNodes; ++i) {
     Api api(urls_[i], 2000);
     std::optional<std::pair<int, uint64_t>> v;
-    WaitFor([&] { return (v = ReadCounter(api)) && v->first >= kIncrements; }, kConvergeDeadlineMs,
-            20);
+    WaitFor([&] { return (v = ReadCounter(api, /*stale=*/true)) && v->first >= kIncrements; },
+            kConvergeDeadlineMs, 20);
     ASSERT_TRUE(v.has_value()) << "n" << i + 1 << " did not answer";
     EXPECT_EQ(v->first, kIncrements) << "n" << i + 1;
   }
@@ -273,7 +282,8 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
   for (int i = 0; i < kIncrements; ++i) expected[i] = i + 1;
   EXPECT_EQ(acked_values, expected);
 
-  // Every PUT in flight at the kill (sent before, answered after) was answered in time.
+  // Every request (read or PUT) in flight at the kill (sent before, answered after) was answered
+  // in time.
   int64_t max_ms = 0;
   int in_flight = 0, errors = 0;
   for (const auto& a : attempts) {
@@ -282,7 +292,7 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
     ++in_flight;
     max_ms = std::max(max_ms, a.answered_ms - kill_ms);
   }
-  std::cout << "[retry] puts=" << attempts.size() << " errors=" << errors
+  std::cout << "[retry] requests=" << attempts.size() << " errors=" << errors
             << " in_flight_at_kill=" << in_flight << " max_answer_after_kill_ms=" << max_ms
             << " retries_answered_true=" << retried_true.load() << " first_error=\"" << first_error
             << "\"\n";

@@ -19,6 +19,7 @@ namespace haven::node {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxClientIdBytes = 128;  // every entry and the dedupe table carry it
 
 // The membership as of each conf change, so a snapshot at any applied index gets the right one.
 class ConfHistory {
@@ -876,6 +877,12 @@ void RaftLog::Propose(Machine machine, std::string data, std::string client_id, 
   Impl& im = *impl_;
   if (im.stopped) {
     done(Status::Unavailable("server is shutting down"), 0);
+    return;
+  }
+  if (client_id.size() > kMaxClientIdBytes) {
+    done(Status::InvalidArgument("a client request id is limited to " +
+                                 std::to_string(kMaxClientIdBytes) + " bytes"),
+         0);
     return;
   }
   pb::Proposal p;

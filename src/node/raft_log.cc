@@ -282,8 +282,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   void AnswerSilentOwn() {
     auto now = Clock::now();
     if (is_leader) leader_heard_at = now;
-    for (auto it = own_in_flight.begin(); it != own_in_flight.end();) {
-      it = now >= it->second.deadline ? own_in_flight.erase(it) : std::next(it);
+    // By seq is nearly by deadline (both follow the order of Propose calls): the executor answers
+    // an expired proposal anyway; this only stops sending it.
+    while (!own_in_flight.empty() && now >= own_in_flight.begin()->second.deadline) {
+      own_in_flight.erase(own_in_flight.begin());
     }
     auto silent_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(now - leader_heard_at).count();

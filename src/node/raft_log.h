@@ -35,7 +35,7 @@ struct RaftLogOptions {
   // A pending proposal is answered (outcome unknown, safe to retry with the same request id) once
   // no leader has been heard from for this long: a client learns about a dead leader within about
   // a second, instead of at the proposal timeout. A new leader before then gets it re-forwarded.
-  int64_t leaderless_answer_ms = 800;
+  int64_t leaderless_answer_ms = 700;  // + up to a tick: an answer within 1 s of the leader's death
   size_t max_pending_proposals = 100'000;
 };
 

@@ -45,6 +45,7 @@ struct Attempt {
   int64_t sent_ms = 0;
   int64_t answered_ms = 0;
   int status = 0;
+  bool read = false;
 };
 
 class ClusterRetryTest : public ::testing::Test {
@@ -203,6 +204,7 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
         auto current = ReadCounter(*api, /*stale=*/false);
         read.answered_ms = NowMs();
         read.status = current ? 200 : 503;
+        read.read = true;
         {
           std::lock_guard lock(mu);
           attempts.push_back(read);
@@ -286,14 +288,18 @@ TEST_F(ClusterRetryTest, CounterIncrementedThroughRetriesAcrossALeaderKillEndsEx
   // in time.
   int64_t max_ms = 0;
   int in_flight = 0, errors = 0;
+  Attempt slowest;
   for (const auto& a : attempts) {
     if (a.status != 200) ++errors;
     if (a.sent_ms > kill_ms || a.answered_ms < kill_ms) continue;
     ++in_flight;
+    if (a.answered_ms - kill_ms >= max_ms) slowest = a;
     max_ms = std::max(max_ms, a.answered_ms - kill_ms);
   }
   std::cout << "[retry] requests=" << attempts.size() << " errors=" << errors
             << " in_flight_at_kill=" << in_flight << " max_answer_after_kill_ms=" << max_ms
+            << " (a " << (slowest.read ? "read" : "put") << " answered " << slowest.status
+            << ", sent " << kill_ms - slowest.sent_ms << " ms before the kill)"
             << " retries_answered_true=" << retried_true.load() << " first_error=\"" << first_error
             << "\"\n";
   for (int i = 0; i < kNodes; ++i) {

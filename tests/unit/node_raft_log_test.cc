@@ -225,7 +225,7 @@ TEST_F(RaftLogTest, AProposalToADeadLeaderIsAnsweredWithinTheLeaderlessBound) {
   EXPECT_EQ(s.code(), Code::kUnavailable);
   EXPECT_NE(s.message().find("may or may not"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("request id"), std::string::npos) << s.message();
-  // The leaderless bound (800 ms after the last word from the leader) answers, not the 3 s
+  // The leaderless bound (700 ms after the last word from the leader) answers, not the 3 s
   // proposal timeout.
   EXPECT_LT(ms, 2000);
 }

@@ -110,6 +110,20 @@ Result<Consistency> ParseConsistency(const HttpRequest& req) {
   return consistent ? Consistency::kConsistent : Consistency::kDefault;
 }
 
+// X-Haven-Request-Id: a client's id for one write, kept across its retries ("" when absent).
+constexpr size_t kMaxRequestIdBytes = 128;
+
+Result<std::string> ClientRequestId(const HttpRequest& req) {
+  const std::string* id = req.Header("x-haven-request-id");
+  if (!id) return std::string();
+  bool printable = std::all_of(id->begin(), id->end(), [](char c) { return c >= ' ' && c < 127; });
+  if (id->empty() || id->size() > kMaxRequestIdBytes || !printable) {
+    return Status::InvalidArgument(fmt::format(
+        "Invalid X-Haven-Request-Id: expected 1 to {} printable ASCII bytes", kMaxRequestIdBytes));
+  }
+  return *id;
+}
+
 bool AllPassing(const std::vector<const pb::Check*>& checks) {
   return std::all_of(checks.begin(), checks.end(),
                      [](const pb::Check* c) { return c->status() == "passing"; });
@@ -260,9 +274,11 @@ void ConsulApi::Blocking(const HttpRequest& req, Responder& respond,
                        [respond, render = std::move(render)] { respond(render()); });
 }
 
-void ConsulApi::ProposeAndReply(pb::Command cmd, Responder& respond,
+void ConsulApi::ProposeAndReply(const HttpRequest& req, pb::Command cmd, Responder& respond,
                                 std::function<HttpResponse(const registry::ApplyResult&)> on_ok) {
-  node_.Propose(std::move(cmd),
+  auto client_id = ClientRequestId(req);
+  if (!client_id.ok()) return respond(Error(client_id.status()));
+  node_.Propose(std::move(cmd), std::move(*client_id),
                 [respond, on_ok = std::move(on_ok)](const Result<registry::ApplyResult>& r) {
                   if (!r.ok()) return respond(Error(r.status()));
                   respond(on_ok ? on_ok(*r) : Bool(r->success));
@@ -323,16 +339,16 @@ void ConsulApi::AgentServiceRegister(const HttpRequest& req, const std::string&,
   rs->mutable_node()->set_address(node_.advertise_address());
   *rs->mutable_service() = std::move(reg->service);
   for (auto& c : reg->checks) *rs->add_checks() = std::move(c);
-  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
+  ProposeAndReply(req, std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
 }
 
-void ConsulApi::AgentServiceDeregister(const HttpRequest&, const std::string& id,
+void ConsulApi::AgentServiceDeregister(const HttpRequest& req, const std::string& id,
                                        Responder& respond) {
   if (id.empty()) return respond(Text(400, "Missing service ID"));
   pb::Command cmd;
   cmd.mutable_deregister()->set_node(node_.node_name());
   cmd.mutable_deregister()->set_service_id(id);
-  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
+  ProposeAndReply(req, std::move(cmd), respond, [](const auto&) { return Text(200, ""); });
 }
 
 void ConsulApi::TtlUpdate(const std::string& check_id, const std::string& status,
@@ -424,7 +440,7 @@ void ConsulApi::CatalogNode(const HttpRequest& req, const std::string& name, Res
 void ConsulApi::CatalogRegister(const HttpRequest& req, const std::string&, Responder& respond) {
   auto cmd = consul::ParseCatalogRegister(req.body);
   if (!cmd.ok()) return respond(Error(cmd.status()));
-  ProposeAndReply(std::move(*cmd), respond, [](const auto&) { return Bool(true); });
+  ProposeAndReply(req, std::move(*cmd), respond, [](const auto&) { return Bool(true); });
 }
 
 void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&, Responder& respond) {
@@ -432,7 +448,7 @@ void ConsulApi::CatalogDeregister(const HttpRequest& req, const std::string&, Re
   if (!dereg.ok()) return respond(Error(dereg.status()));
   pb::Command cmd;
   *cmd.mutable_deregister() = std::move(*dereg);
-  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Bool(true); });
+  ProposeAndReply(req, std::move(cmd), respond, [](const auto&) { return Bool(true); });
 }
 
 // ---------------------------------------------------------------- health
@@ -566,7 +582,7 @@ void ConsulApi::KvPut(const HttpRequest& req, const std::string& key, Responder&
   } else {
     op->set_verb(pb::KVOp::SET);
   }
-  ProposeAndReply(std::move(cmd), respond);
+  ProposeAndReply(req, std::move(cmd), respond);
 }
 
 void ConsulApi::KvDelete(const HttpRequest& req, const std::string& key, Responder& respond) {
@@ -585,7 +601,7 @@ void ConsulApi::KvDelete(const HttpRequest& req, const std::string& key, Respond
   } else {
     op->set_verb(pb::KVOp::DELETE);
   }
-  ProposeAndReply(std::move(cmd), respond);
+  ProposeAndReply(req, std::move(cmd), respond);
 }
 
 void ConsulApi::Txn(const HttpRequest& req, const std::string&, Responder& respond) {
@@ -596,7 +612,7 @@ void ConsulApi::Txn(const HttpRequest& req, const std::string&, Responder& respo
   const auto& sm = node_.state();
   // Consul answers every write op with the entry it left (deletes with nothing); the state read
   // here is the one right after this txn applied, since the answer runs straight after the apply.
-  ProposeAndReply(std::move(cmd), respond, [&sm, ops = std::move(*txn)](const auto& r) {
+  ProposeAndReply(req, std::move(cmd), respond, [&sm, ops = std::move(*txn)](const auto& r) {
     if (!r.success) {
       json::object err{{"OpIndex", r.failed_op}, {"What", "failed: a precondition did not hold"}};
       HttpResponse resp = Json(json::object{{"Results", nullptr}, {"Errors", json::array{err}}});
@@ -629,16 +645,17 @@ void ConsulApi::SessionCreate(const HttpRequest& req, const std::string&, Respon
   session->set_id(id);
   pb::Command cmd;
   *cmd.mutable_session_create()->mutable_session() = std::move(*session);
-  ProposeAndReply(std::move(cmd), respond, [id](const auto&) {
-    return Json(json::object{{"ID", id}});
+  // A retry of a create that applied before is answered with the session it created.
+  ProposeAndReply(req, std::move(cmd), respond, [id](const auto& r) {
+    return Json(json::object{{"ID", r.created_id.empty() ? id : r.created_id}});
   });
 }
 
-void ConsulApi::SessionDestroy(const HttpRequest&, const std::string& id, Responder& respond) {
+void ConsulApi::SessionDestroy(const HttpRequest& req, const std::string& id, Responder& respond) {
   if (id.empty()) return respond(Text(400, "Missing session"));
   pb::Command cmd;
   cmd.mutable_session_destroy()->set_id(id);
-  ProposeAndReply(std::move(cmd), respond, [](const auto&) { return Bool(true); });
+  ProposeAndReply(req, std::move(cmd), respond, [](const auto&) { return Bool(true); });
 }
 
 void ConsulApi::SessionRenew(const HttpRequest&, const std::string& id, Responder& respond) {

@@ -93,8 +93,11 @@ class ConsulApi {
   using RenderFn = std::function<net::HttpResponse()>;
   void Blocking(const net::HttpRequest& req, net::Responder& respond,
                 const std::vector<registry::Table>& tables, IndexFn index_fn, RenderFn render);
-  // Proposes and answers with `true`/`false` (or `on_ok` for other bodies) once applied.
-  void ProposeAndReply(registry::pb::Command cmd, net::Responder& respond,
+  // Proposes and answers with `true`/`false` (or `on_ok` for other bodies) once applied. A request
+  // with X-Haven-Request-Id is applied at most once across its retries (a retry gets the first
+  // outcome); a malformed id gets 400.
+  void ProposeAndReply(const net::HttpRequest& req, registry::pb::Command cmd,
+                       net::Responder& respond,
                        std::function<net::HttpResponse(const registry::ApplyResult&)> on_ok = {});
 
   RegistryNode& node_;

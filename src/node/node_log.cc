@@ -1,15 +1,27 @@
 #include "node/node_log.h"
 
 #include "base/log.h"
+#include "base/metrics.h"
 #include "node/node.pb.h"
 
 namespace haven::node {
 
+namespace {
+
+metrics::Counter& DedupeCounter(const char* verdict) {
+  return metrics::Registry::Default().GetCounter(
+      "haven_raft_dedupe_entries_total",
+      "Committed entries not applied: duplicates of applied ones, or too old to tell",
+      {{"verdict", verdict}});
+}
+
+}  // namespace
+
 NodeLog::NodeLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogOptions opts,
-                 uint64_t snapshot_every_entries)
-    : executor_(executor), snapshot_every_(snapshot_every_entries) {
+                 uint64_t snapshot_every_entries, DedupeLimits dedupe)
+    : executor_(executor), snapshot_every_(snapshot_every_entries), dedupe_(dedupe) {
   RaftLogCallbacks cb;
-  cb.on_commit = [this](uint64_t index, Machine m, const std::string& d) { Apply(index, m, d); };
+  cb.on_commit = [this](const CommittedEntry& e) { return Apply(e); };
   cb.on_restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
   cb.on_leadership = [this](bool leader) {
     for (auto& [m, hooks] : machines_) {
@@ -38,15 +50,33 @@ Status NodeLog::Start() { return raft_->Start(); }
 
 void NodeLog::Stop() { raft_->Stop(); }
 
-void NodeLog::Apply(uint64_t index, Machine machine, const std::string& data) {
-  auto it = machines_.find(machine);
-  if (it == machines_.end()) {
+Status NodeLog::Apply(const CommittedEntry& e) {
+  Status out;
+  auto it = machines_.find(e.machine);
+  RequestDedupe::Decision d = dedupe_.Check(e.id);
+  if (d.verdict == RequestDedupe::Verdict::kDuplicate) {
+    DedupeCounter("duplicate").Inc();
+    HLOG_DEBUG("duplicate_entry", "index={} first_index={} origin={} seq={}", e.index,
+               d.first_index, e.id.origin, e.id.seq);
+    if (it != machines_.end() && it->second.on_duplicate)
+      it->second.on_duplicate(e.index, d.result);
+  } else if (d.verdict == RequestDedupe::Verdict::kTooOld) {
+    DedupeCounter("too_old").Inc();
+    out = Status::Unavailable("not applied: proposed at index " + std::to_string(e.id.base_index) +
+                              ", before the window of remembered requests (from index " +
+                              std::to_string(dedupe_.floor_index()) + "); send it again");
+  } else if (it == machines_.end()) {
     // Written by a newer binary, or corrupt: skipping keeps this node serving the others.
-    HLOG_ERROR("unknown_machine", "index={} machine={}", index, static_cast<uint32_t>(machine));
+    HLOG_ERROR("unknown_machine", "index={} machine={}", e.index, static_cast<uint32_t>(e.machine));
+    dedupe_.Record(e.index, e.id, std::string());
   } else {
-    it->second.apply(index, data);
+    it->second.apply(e.index, e.data);
+    dedupe_.Record(e.index, e.id,
+                   it->second.last_result ? it->second.last_result() : std::string());
   }
-  MaybeSnapshot(index);
+  dedupe_.Advance(e.index);
+  MaybeSnapshot(e.index);
+  return out;
 }
 
 void NodeLog::MaybeSnapshot(uint64_t index) {
@@ -57,6 +87,7 @@ void NodeLog::MaybeSnapshot(uint64_t index) {
     if (m == Machine::kRegistry) states.set_registry(hooks.take_snapshot());
     if (m == Machine::kQueues) states.set_queues(hooks.take_snapshot());
   }
+  states.set_dedupe(dedupe_.Serialize());
   raft_->SaveSnapshotAsync(index, states.SerializeAsString());
 }
 
@@ -67,6 +98,9 @@ void NodeLog::Restore(uint64_t index, const std::string& state) {
     return;
   }
   last_snapshot_index_ = index;
+  if (Status s = dedupe_.Parse(states.dedupe()); !s.ok()) {
+    HLOG_ERROR("bad_snapshot", "index={} error=\"{}\"", index, s.ToString());
+  }
   for (auto& [m, hooks] : machines_) {
     hooks.restore(index, m == Machine::kRegistry ? states.registry() : states.queues());
   }

@@ -1,7 +1,9 @@
 // NodeLog: the node's one Raft log and the state machines that share it (the registry, the
 // queues). It routes each committed entry to the machine it is tagged for, snapshots every machine
 // at one index (so the log before it can be compacted) and restores them together. One log means
-// one fsync carries registry and queue writes alike, and membership is administered once.
+// one fsync carries registry and queue writes alike, and membership is administered once. Before
+// a machine sees an entry, the replicated RequestDedupe says whether it is a duplicate (a copy
+// re-forwarded to a new leader, a client's retry): those are not applied again.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include "base/status.h"
 #include "net/io_runtime.h"
 #include "node/raft_log.h"
+#include "node/request_dedupe.h"
 #include "storage/log_store.h"
 
 namespace haven::node {
@@ -24,12 +27,17 @@ struct MachineHooks {
   // `state` is empty for a snapshot taken before this machine existed: start empty.
   std::function<void(uint64_t index, const std::string& state)> restore;
   std::function<void(bool leader)> on_leadership;  // may be empty
+  // May be empty. The small outcome of the entry apply() just took, remembered for duplicates.
+  std::function<std::string()> last_result;
+  // May be empty. A duplicate of an entry applied before committed at `index`: not applied; its
+  // proposer (answered right after) gets the first outcome, `result` (from last_result).
+  std::function<void(uint64_t index, const std::string& result)> on_duplicate;
 };
 
 class NodeLog {
  public:
   NodeLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogOptions opts,
-          uint64_t snapshot_every_entries);
+          uint64_t snapshot_every_entries, DedupeLimits dedupe = {});
   ~NodeLog();
   NodeLog(const NodeLog&) = delete;
   NodeLog& operator=(const NodeLog&) = delete;
@@ -48,7 +56,7 @@ class NodeLog {
   const RaftLog& raft() const { return *raft_; }
 
  private:
-  void Apply(uint64_t index, Machine machine, const std::string& data);
+  Status Apply(const CommittedEntry& e);
   void Restore(uint64_t index, const std::string& state);
   void MaybeSnapshot(uint64_t index);
 
@@ -58,6 +66,7 @@ class NodeLog {
   std::function<void(const std::string&, RaftLogCallbacks::Reply)> leader_requests_;
   std::unique_ptr<RaftLog> raft_;
   uint64_t last_snapshot_index_ = 0;  // on the executor
+  RequestDedupe dedupe_;              // on the executor
 };
 
 }  // namespace haven::node

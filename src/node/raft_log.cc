@@ -19,6 +19,7 @@ namespace haven::node {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxClientIdBytes = 128;  // every entry and the dedupe table carry it
 
 // The membership as of each conf change, so a snapshot at any applied index gets the right one.
 class ConfHistory {
@@ -69,7 +70,21 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   std::unique_ptr<raft::RawNode> node;
   std::map<uint64_t, std::string> peers;
   ConfHistory confs;
-  std::vector<pb::Proposal> waiting_for_leader;  // proposals made while no leader was known
+  std::vector<pb::Proposal> waiting_for_leader;  // others' proposals while no leader was known
+  // This node's own proposals not committed yet, by seq: sent again to each new leader (they keep
+  // their identity, so a copy the old leader also commits is applied once), answered early when
+  // the leader they went to falls silent.
+  struct InFlight {
+    pb::Proposal p;
+    uint64_t sent_leader = 0;  // the leader it was last sent to (0: none known then)
+    uint64_t sent_term = 0;
+    bool ever_sent = false;
+    Clock::time_point deadline;
+  };
+  std::map<uint64_t, InFlight> own_in_flight;
+  std::pair<uint64_t, uint64_t> routed_for{0, 0};  // (leader, term) of the last re-forward pass
+  bool own_unsent = false;  // some own proposal waits for a leader (made while none was known)
+  Clock::time_point leader_heard_at = Clock::now();  // a frame from the leader, or leading
   std::shared_ptr<net::Timer> tick_timer;
   bool ready_scheduled = false;
   bool failed = false;  // a disk write failed: nothing more is persisted or acknowledged
@@ -137,8 +152,15 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     Clock::time_point deadline;
   };
   std::map<uint64_t, Pending> pending;  // by seq (so by deadline too)
+  uint64_t applied_index = 0;           // the last entry handed to on_commit (or snapshot)
 
   std::atomic<uint64_t> next_seq{1};
+  // Tells this start's proposals from an earlier one's (whose seqs start at 1 again).
+  const uint64_t boot = [] {
+    std::random_device rd;
+    uint64_t b = (uint64_t{rd()} << 32) ^ rd();
+    return b == 0 ? 1 : b;
+  }();
   std::atomic<bool> stopped{false};
   mutable std::mutex status_mu;
   RaftLogStatus status_cache;
@@ -175,6 +197,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     }
     if (f.from_id() != 0 && f.from_id() == node->status().leader) {
       last_leader_contact = Clock::now();
+      leader_heard_at = last_leader_contact;
     }
     if (f.has_forward()) {
       ProposeHere(f.forward());
@@ -208,6 +231,85 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     if (waiting_for_leader.size() < opts.max_pending_proposals) waiting_for_leader.push_back(p);
   }
 
+  // ---- this node's own proposals (on `loop`)
+
+  void TrackOwn(pb::Proposal p, Clock::time_point deadline) {
+    if (failed) return;  // the proposer times out
+    InFlight& f = own_in_flight[p.seq()];
+    f.p = std::move(p);
+    f.deadline = deadline;
+    SendOwn(f);
+  }
+
+  void SendOwn(InFlight& f) {
+    const raft::NodeStatus st = node->status();
+    f.sent_leader = st.leader;
+    f.sent_term = st.term;
+    if (st.leader == 0) {
+      own_unsent = true;  // sent by RouteOwn once a leader is known
+      return;
+    }
+    f.ever_sent = true;
+    ProposeHere(f.p);
+  }
+
+  // A new leader (or term): every own proposal not committed yet goes to it, as section 6.3 of the
+  // Raft dissertation allows once duplicates are filtered at apply time.
+  void RouteOwn() {
+    const raft::NodeStatus st = node->status();
+    if (st.leader == 0 || (routed_for == std::pair(st.leader, st.term) && !own_unsent)) return;
+    routed_for = {st.leader, st.term};
+    own_unsent = false;
+    size_t resent = 0;
+    for (auto& [seq, f] : own_in_flight) {
+      if (f.sent_leader == st.leader && f.sent_term == st.term) continue;
+      SendOwn(f);
+      ++resent;
+    }
+    if (resent > 0) {
+      HLOG_INFO("raft_reforward", "node={} leader={} term={} proposals={}", opts.node_id, st.leader,
+                st.term, resent);
+    }
+  }
+
+  // Own proposals committed (told by the executor) or past their deadline are no longer sent.
+  void ForgetOwn(const std::vector<uint64_t>& seqs) {
+    for (uint64_t seq : seqs) own_in_flight.erase(seq);
+  }
+
+  // Proposals that went to a leader nobody has heard from for leaderless_answer_ms get their
+  // answer now: outcome unknown, safe to retry with the same request id.
+  void AnswerSilentOwn() {
+    auto now = Clock::now();
+    if (is_leader) leader_heard_at = now;
+    // By seq is nearly by deadline (both follow the order of Propose calls): the executor answers
+    // an expired proposal anyway; this only stops sending it.
+    while (!own_in_flight.empty() && now >= own_in_flight.begin()->second.deadline) {
+      own_in_flight.erase(own_in_flight.begin());
+    }
+    auto silent_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - leader_heard_at).count();
+    if (silent_ms < opts.leaderless_answer_ms) return;
+    std::vector<uint64_t> seqs;
+    for (auto it = own_in_flight.begin(); it != own_in_flight.end();) {
+      if (!it->second.ever_sent) {
+        ++it;
+        continue;
+      }
+      seqs.push_back(it->first);
+      it = own_in_flight.erase(it);
+    }
+    if (seqs.empty()) return;
+    HLOG_WARN("raft_leader_silent", "node={} silent_ms={} answered={}", opts.node_id, silent_ms,
+              seqs.size());
+    Status why = Status::Unavailable(
+        "no leader heard from for " + std::to_string(silent_ms) +
+        " ms: this write may or may not be applied; retrying it with the same request id "
+        "(X-Haven-Request-Id) applies it at most once");
+    executor.Post(
+        [self = shared_from_this(), seqs = std::move(seqs), why] { self->FailOwn(seqs, why); });
+  }
+
   void OnTick() {
     node->Tick();
     if (!waiting_for_leader.empty() && node->status().leader != 0) {
@@ -215,6 +317,8 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       retry.swap(waiting_for_leader);
       for (const auto& p : retry) ProposeHere(p);
     }
+    RouteOwn();
+    AnswerSilentOwn();
     CheckAdminRequests();
     RetryReads();
     ExpireAsks();
@@ -239,6 +343,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       if (rd.soft_state) {
         NoteRole(rd.soft_state->role == raft::Role::kLeader);
         NoteLeader(rd.soft_state->leader);
+        RouteOwn();
       }
       if (rd.snapshot) InstallSnapshot(*rd.snapshot);
       TrackConfChanges(rd.committed);
@@ -424,6 +529,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     for (const auto& [id, addr] : data.peers()) peers[id] = addr;
     confs.Reset(snap.meta().index(), snap.meta().conf());
     executor.Post([self = shared_from_this(), index = snap.meta().index(), state = data.state()] {
+      self->applied_index = std::max(self->applied_index, index);
       self->cb.on_restore(index, state);
     });
   }
@@ -446,46 +552,52 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
 
   // On the executor: hands commands to the state machine and answers their proposers.
   void Apply(const std::vector<raft::pb::Entry>& entries) {
+    std::vector<uint64_t> committed_own;
     for (const auto& e : entries) {
+      applied_index = std::max(applied_index, e.index());
       if (e.type() != raft::pb::ENTRY_NORMAL) continue;
       pb::Proposal p;
       if (!p.ParseFromString(e.data())) {
         HLOG_ERROR("bad_log_entry", "index={} bytes={}", e.index(), e.data().size());
         continue;
       }
-      cb.on_commit(e.index(), static_cast<Machine>(p.machine()), p.data());
-      if (p.origin() != opts.node_id) continue;
+      CommittedEntry c{
+          e.index(), static_cast<Machine>(p.machine()), p.data(),
+          ProposalIdentity{p.origin(), p.boot(), p.seq(), p.client_id(), p.base_index()}};
+      Status st = cb.on_commit(c);
+      if (p.origin() != opts.node_id || p.boot() != boot) continue;
+      committed_own.push_back(p.seq());
       auto it = pending.find(p.seq());
-      if (it == pending.end()) continue;  // timed out already
+      if (it == pending.end()) continue;  // answered already (timed out, or another copy)
       DoneFn done = std::move(it->second.done);
       pending.erase(it);
-      done(Status::Ok(), e.index());
+      done(st, st.ok() ? e.index() : 0);
+    }
+    if (!committed_own.empty() && !stopped) {
+      loop.Post([raw = this, seqs = std::move(committed_own)] { raw->ForgetOwn(seqs); });
     }
   }
 
-  // The leader changed: proposals made under the old one were appended (or forwarded) there and
-  // may never commit. Their callers get an answer now instead of at the timeout; the outcome is
-  // unknown (the new leader may still commit an entry the old one replicated), as the message says.
+  // On the executor: own proposals answered early (their leader fell silent).
+  void FailOwn(const std::vector<uint64_t>& seqs, const Status& why) {
+    for (uint64_t seq : seqs) {
+      auto it = pending.find(seq);
+      if (it == pending.end()) continue;
+      DoneFn done = std::move(it->second.done);
+      pending.erase(it);
+      done(why, 0);
+    }
+  }
+
+  // The leader changed: requests to the old one are failed (they are reads and heartbeats, safe to
+  // retry); own proposals are re-forwarded by RouteOwn, not failed.
   void NoteLeader(uint64_t leader) {
     uint64_t old = last_leader;
     last_leader = leader;
     if (leader != old) last_leader_contact = Clock::now();
+    if (leader != old && leader != 0) leader_heard_at = last_leader_contact;
     if (old == 0 || old == leader) return;
     FailAsks("the leader changed before it answered; retry");
-    uint64_t cutoff = next_seq.load();
-    executor.Post([self = shared_from_this(), cutoff, old] { self->FailBefore(cutoff, old); });
-  }
-
-  // On the executor.
-  void FailBefore(uint64_t cutoff, uint64_t old_leader) {
-    while (!pending.empty() && pending.begin()->first < cutoff) {
-      DoneFn done = std::move(pending.begin()->second.done);
-      pending.erase(pending.begin());
-      done(Status::Unavailable("leader " + std::to_string(old_leader) +
-                               " changed before this write committed; it may or may not have "
-                               "been applied: retry if it is idempotent"),
-           0);
-    }
   }
 
   // On the executor: fails proposals past their deadline (their outcome is unknown).
@@ -495,7 +607,9 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
       DoneFn done = std::move(pending.begin()->second.done);
       pending.erase(pending.begin());
       done(Status::Unavailable("not committed within " + std::to_string(opts.proposal_timeout_ms) +
-                               " ms (no leader?); the write may or may not have been applied"),
+                               " ms (no leader?): this write may or may not be applied; retrying "
+                               "it with the same request id (X-Haven-Request-Id) applies it at "
+                               "most once"),
            0);
     }
   }
@@ -550,7 +664,24 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     expire(reads_unasked);
     if (read_in_flight) expire(read_in_flight->waiters);
     for (auto& [index, ws] : reads_confirmed) expire(ws);
+    FailReadsOfSilentLeader(now);
     AskReadIndex();
+  }
+
+  // Reads asked of a leader nobody has heard from for leaderless_answer_ms are answered now (a
+  // read is safe to retry), as proposals are; reads made while no leader is known wait for one.
+  void FailReadsOfSilentLeader(Clock::time_point now) {
+    auto silent_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - leader_heard_at).count();
+    if (is_leader || node->status().leader == 0 || silent_ms < opts.leaderless_answer_ms) return;
+    Status why = Status::Unavailable("no leader heard from for " + std::to_string(silent_ms) +
+                                     " ms to confirm this read; retry it");
+    for (auto& w : reads_unasked) Answer(std::move(w.done), why);
+    reads_unasked.clear();
+    if (read_in_flight) {
+      for (auto& w : read_in_flight->waiters) Answer(std::move(w.done), why);
+      read_in_flight.reset();
+    }
   }
 
   size_t ReadsWaiting() const {
@@ -682,6 +813,7 @@ Status RaftLog::Start() {
     for (const auto& [id, addr] : data.peers()) im.peers.emplace(id, addr);
     std::promise<void> restored;
     im.executor.Post([&] {
+      im.applied_index = snap_index;
       im.cb.on_restore(snap_index, data.state());
       restored.set_value();
     });
@@ -740,16 +872,28 @@ void RaftLog::Stop() {
 }
 
 void RaftLog::Propose(Machine machine, std::string data, DoneFn done) {
+  Propose(machine, std::move(data), std::string(), std::move(done));
+}
+
+void RaftLog::Propose(Machine machine, std::string data, std::string client_id, DoneFn done) {
   Impl& im = *impl_;
   if (im.stopped) {
     done(Status::Unavailable("server is shutting down"), 0);
     return;
   }
+  if (client_id.size() > kMaxClientIdBytes) {
+    done(Status::InvalidArgument("a client request id is limited to " +
+                                 std::to_string(kMaxClientIdBytes) + " bytes"),
+         0);
+    return;
+  }
   pb::Proposal p;
   p.set_origin(im.opts.node_id);
+  p.set_boot(im.boot);
   p.set_seq(im.next_seq++);
   p.set_data(std::move(data));
   p.set_machine(static_cast<uint32_t>(machine));
+  p.set_client_id(std::move(client_id));
   // Registered on the executor first, so its commit (also on the executor) always finds it.
   // Handlers posted to `loop` hold a raw Impl*: the loop belongs to Impl and is joined in Stop,
   // while a shared_ptr queued in a stopped loop would keep Impl (and the loop) alive forever.
@@ -764,7 +908,10 @@ void RaftLog::Propose(Machine machine, std::string data, DoneFn done) {
     }
     auto deadline = Clock::now() + std::chrono::milliseconds(impl->opts.proposal_timeout_ms);
     impl->pending[p.seq()] = {std::move(done), deadline};
-    impl->loop.Post([raw = impl.get(), p = std::move(p)] { raw->ProposeHere(p); });
+    p.set_base_index(impl->applied_index);
+    impl->loop.Post([raw = impl.get(), p = std::move(p), deadline]() mutable {
+      raw->TrackOwn(std::move(p), deadline);
+    });
   });
 }
 

@@ -2,7 +2,9 @@
 // messages from the transport, proposals), persists each Ready to the LogStore, sends messages
 // through the FramedTransport, and hands committed commands to the node's executor. Any node takes
 // proposals: a follower forwards them to the leader, and the proposer recognises its own entry
-// (origin, seq) when it commits, so the caller's DoneFn runs where the proposal was made.
+// (origin, boot, seq) when it commits, so the caller's DoneFn runs where the proposal was made.
+// When the leader changes, the proposer sends its pending proposals to the new one (they keep
+// their identity, so the on_commit handler can apply a copy that also committed at most once).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include "base/status.h"
 #include "net/io_runtime.h"
 #include "node/replicated_log.h"
+#include "node/request_dedupe.h"
 #include "raft/raw_node.h"
 #include "storage/log_store.h"
 
@@ -29,6 +32,10 @@ struct RaftLogOptions {
   int election_ticks = 10;  // election timeout = tick_ms * [election_ticks, 2 * election_ticks)
   int heartbeat_ticks = 1;
   int64_t proposal_timeout_ms = 5'000;  // a proposal not committed by then fails (outcome unknown)
+  // A pending proposal is answered (outcome unknown, safe to retry with the same request id) once
+  // no leader has been heard from for this long: a client learns about a dead leader within about
+  // a second, instead of at the proposal timeout. A new leader before then gets it re-forwarded.
+  int64_t leaderless_answer_ms = 700;  // + up to a tick: an answer within 1 s of the leader's death
   size_t max_pending_proposals = 100'000;
 };
 
@@ -41,9 +48,19 @@ struct RaftLogStatus {
   int64_t last_leader_contact_ms = -1;
 };
 
+// A committed command as the log hands it to the node.
+struct CommittedEntry {
+  uint64_t index = 0;
+  Machine machine = Machine::kRegistry;
+  const std::string& data;
+  ProposalIdentity id;
+};
+
 // What the log calls on the node's executor.
 struct RaftLogCallbacks {
-  ReplicatedLog::CommitFn on_commit;
+  // Every committed command, in log order. Its Status is what the proposer's DoneFn gets (not ok:
+  // the entry was refused, e.g. as too old to tell from a duplicate).
+  std::function<Status(const CommittedEntry&)> on_commit;
   // Installs a snapshot received from the leader (or loaded at start) in the state machine; runs
   // before any later on_commit.
   std::function<void(uint64_t index, const std::string& state)> on_restore;
@@ -71,6 +88,9 @@ class RaftLog final : public ReplicatedLog {
   void Stop();
 
   void Propose(Machine machine, std::string data, DoneFn done) override;
+  // The same with the client's request id (at most 128 bytes; "" for none), carried in the entry
+  // so that a retry of the request on any node can be recognised.
+  void Propose(Machine machine, std::string data, std::string client_id, DoneFn done);
   // Linearizable read barrier (ReadIndex, Raft dissertation 6.4): `done` runs on the executor once
   // this node has applied every entry committed before the call, so a read made then sees every
   // write acknowledged before the call anywhere; or with Unavailable when no leader confirms it

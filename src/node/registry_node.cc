@@ -6,10 +6,11 @@
 #include "base/log.h"
 #include "base/metrics.h"
 #include "net/probe.h"
+#include "node/node.pb.h"
 
 namespace haven::node {
 
-namespace pb = registry::pb;
+namespace rpb = registry::pb;  // (node::pb is the node's own protocol)
 using registry::CheckKey;
 using registry::HealthAction;
 
@@ -40,6 +41,10 @@ RegistryNode::RegistryNode(RegistryNodeOptions opts, net::IoRuntime& executor, N
   hooks.take_snapshot = [this] { return sm_.TakeSnapshot().SerializeAsString(); };
   hooks.restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
   hooks.on_leadership = [this](bool leader) { OnLeadership(leader); };
+  hooks.last_result = [this] { return LastOutcome(); };
+  hooks.on_duplicate = [this](uint64_t index, const std::string& outcome) {
+    OnDuplicate(index, outcome);
+  };
   log_.Register(Machine::kRegistry, std::move(hooks));
   log_.SetLeaderRequestHandler([this](const std::string& request, RaftLogCallbacks::Reply reply) {
     OnLeaderRequest(request, std::move(reply));
@@ -108,13 +113,13 @@ void RegistryNode::TrackEverything() {
 }
 
 void RegistryNode::RegisterSelf() {
-  const pb::Node* node = sm_.GetNode(opts_.node_name);
-  const pb::Check* serf = sm_.GetCheck(opts_.node_name, kSerfHealth);
+  const rpb::Node* node = sm_.GetNode(opts_.node_name);
+  const rpb::Check* serf = sm_.GetCheck(opts_.node_name, kSerfHealth);
   if (node && node->address() == opts_.advertise_address && node->id() == opts_.node_id && serf &&
       serf->status() == "passing") {
     return;
   }
-  pb::Command cmd;
+  rpb::Command cmd;
   auto* reg = cmd.mutable_register_node();
   reg->mutable_node()->set_name(opts_.node_name);
   reg->mutable_node()->set_address(opts_.advertise_address);
@@ -133,7 +138,11 @@ void RegistryNode::RegisterSelf() {
   });
 }
 
-void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
+void RegistryNode::Propose(rpb::Command cmd, ProposeDone done) {
+  Propose(std::move(cmd), std::string(), std::move(done));
+}
+
+void RegistryNode::Propose(rpb::Command cmd, std::string client_id, ProposeDone done) {
   if (stopped_) {
     done(Status::Unavailable("server is shutting down"));
     return;
@@ -141,7 +150,7 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
   cmd.set_now_unix_ms(clock_.NowUnixMs());
   std::string data = cmd.SerializeAsString();
   log_.raft().Propose(
-      Machine::kRegistry, std::move(data),
+      Machine::kRegistry, std::move(data), std::move(client_id),
       [this, done = std::move(done)](const Status& s, uint64_t index) {
         if (!s.ok()) {
           done(s);
@@ -162,7 +171,7 @@ void RegistryNode::Propose(pb::Command cmd, ProposeDone done) {
 }
 
 void RegistryNode::Apply(uint64_t index, const std::string& data) {
-  pb::Command cmd;
+  rpb::Command cmd;
   registry::ApplyResult r;
   if (!cmd.ParseFromString(data)) {
     // Cannot happen for entries this binary wrote; keep going so one bad entry cannot stop a node.
@@ -170,11 +179,40 @@ void RegistryNode::Apply(uint64_t index, const std::string& data) {
     r.status = Status::Internal("log entry " + std::to_string(index) + " does not parse");
   } else {
     r = sm_.Apply(index, cmd);
+    if (cmd.has_session_create() && r.status.ok())
+      r.created_id = cmd.session_create().session().id();
   }
   if (cmd.has_set_check_status() && r.status.ok() && !r.checks_changed.empty()) {
     TransitionCounter(cmd.set_check_status().status()).Inc();
   }
   AfterApply(r);
+  last_result_index_ = index;
+  last_result_ = std::move(r);
+}
+
+std::string RegistryNode::LastOutcome() const {
+  node::pb::RegistryOutcome o;
+  o.set_code(static_cast<int32_t>(last_result_.status.code()));
+  // Error messages can quote client input: a bounded prefix is enough to repeat the answer.
+  constexpr size_t kMaxMessage = 512;
+  o.set_message(last_result_.status.message().substr(0, kMaxMessage));
+  o.set_success(last_result_.success);
+  o.set_failed_op(last_result_.failed_op);
+  o.set_created_id(last_result_.created_id);
+  return o.SerializeAsString();
+}
+
+void RegistryNode::OnDuplicate(uint64_t index, const std::string& outcome) {
+  node::pb::RegistryOutcome o;
+  registry::ApplyResult r;
+  bool known = o.ParseFromString(outcome) && o.code() >= 0 &&
+               o.code() <= static_cast<int32_t>(Code::kInternal);
+  if (!outcome.empty() && known) {
+    if (o.code() != 0) r.status = Status(static_cast<Code>(o.code()), o.message());
+    r.success = o.success();
+    r.failed_op = o.failed_op();
+    r.created_id = o.created_id();
+  }
   last_result_index_ = index;
   last_result_ = std::move(r);
 }
@@ -190,7 +228,7 @@ void RegistryNode::AfterApply(const registry::ApplyResult& r) {
 }
 
 void RegistryNode::Restore(uint64_t index, const std::string& state) {
-  pb::Snapshot snap;  // empty state: an empty registry
+  rpb::Snapshot snap;  // empty state: an empty registry
   if (!snap.ParseFromString(state)) {
     HLOG_ERROR("bad_snapshot", "index={} bytes={}", index, state.size());
     return;
@@ -228,7 +266,7 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
                              const std::string& output, std::function<void(Status)> done) {
   HeartbeatCounter().Inc();
   if (IsLeader()) return TrackTtlResult(opts_.node_name, check_id, status, output, std::move(done));
-  pb::SetCheckStatus report;
+  rpb::SetCheckStatus report;
   report.set_node(opts_.node_name);
   report.set_check_id(check_id);
   report.set_status(status);
@@ -240,7 +278,7 @@ void RegistryNode::UpdateTtl(const std::string& check_id, const std::string& sta
 }
 
 void RegistryNode::OnLeaderRequest(const std::string& request, RaftLogCallbacks::Reply reply) {
-  pb::SetCheckStatus report;
+  rpb::SetCheckStatus report;
   if (!report.ParseFromString(request) || report.node().empty() || report.check_id().empty()) {
     return reply(Status::InvalidArgument("malformed TTL report"));
   }
@@ -254,7 +292,7 @@ void RegistryNode::OnLeaderRequest(const std::string& request, RaftLogCallbacks:
 void RegistryNode::TrackTtlResult(const std::string& node, const std::string& check_id,
                                   const std::string& status, const std::string& output,
                                   std::function<void(Status)> done) {
-  const pb::Check* check = sm_.GetCheck(node, check_id);
+  const rpb::Check* check = sm_.GetCheck(node, check_id);
   if (!check) {
     done(Status::NotFound("Unknown check ID \"" + check_id +
                           "\". Ensure that the check ID is passed, not the check name."));
@@ -274,7 +312,7 @@ void RegistryNode::TrackTtlResult(const std::string& node, const std::string& ch
     done(Status::Ok());
     return;
   }
-  pb::Command cmd;
+  rpb::Command cmd;
   auto* set = cmd.mutable_set_check_status();
   set->set_node(node);
   set->set_check_id(check_id);
@@ -314,7 +352,7 @@ void RegistryNode::ArmTombstoneReaper() {
   reap_timer_ = executor_.RunAfter(opts_.tombstone_ttl_ms, [this] {
     if (stopped_) return;
     if (reap_up_to_ > 0 && sm_.TombstoneCount() > 0) {
-      pb::Command cmd;
+      rpb::Command cmd;
       cmd.mutable_reap_tombstones()->set_up_to_index(reap_up_to_);
       Propose(std::move(cmd), [](const Result<registry::ApplyResult>& r) {
         if (!r.ok()) HLOG_WARN("reap_tombstones_failed", "error=\"{}\"", r.status().ToString());
@@ -337,7 +375,7 @@ void RegistryNode::OnHealthTimer() {
 }
 
 void RegistryNode::RunProbe(const CheckKey& key) {
-  const pb::CheckDefinition* def = tracker_.Definition(key);
+  const rpb::CheckDefinition* def = tracker_.Definition(key);
   if (!def) return;
   int64_t timeout = def->timeout_ms() > 0 ? def->timeout_ms() : 10'000;
   timeout = std::min(timeout, opts_.probe_timeout_ceiling_ms);
@@ -365,7 +403,7 @@ void RegistryNode::OnProbeResult(const CheckKey& key, const std::string& status,
 
 void RegistryNode::ProposeHealthAction(const HealthAction& a) {
   if (!IsLeader()) return;
-  pb::Command cmd;
+  rpb::Command cmd;
   switch (a.kind) {
     case HealthAction::Kind::kSetStatus: {
       auto* set = cmd.mutable_set_check_status();

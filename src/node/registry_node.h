@@ -46,6 +46,9 @@ class RegistryNode {
   // Stamps the time, appends the command to the log and answers once it is applied (or failed).
   // A rejected command (ApplyResult::status not ok) is reported as an error Result.
   void Propose(registry::pb::Command cmd, ProposeDone done);
+  // The same for a client request with an id (X-Haven-Request-Id, "" for none): applied at most
+  // once across retries on any node within the dedupe window; a retry gets the first outcome.
+  void Propose(registry::pb::Command cmd, std::string client_id, ProposeDone done);
   // A TTL heartbeat (/v1/agent/check/pass|warn|fail|update) for a check of this node. The leader
   // tracks TTLs, so a follower passes it on to the leader (no log write); the leader writes only
   // when the status changes.
@@ -81,6 +84,9 @@ class RegistryNode {
                       const std::string& status, const std::string& output,
                       std::function<void(Status)> done);
   void Apply(uint64_t index, const std::string& data);
+  // The outcome of the entry applied last, as remembered for its duplicates, and a duplicate's.
+  std::string LastOutcome() const;
+  void OnDuplicate(uint64_t index, const std::string& outcome);
   void AfterApply(const registry::ApplyResult& r);
   void TrackEverything();
   void RegisterSelf();

@@ -47,6 +47,7 @@ struct ApplyResult {
   std::vector<std::string> sessions_changed;  // sessions created or destroyed
   std::vector<std::string> kv_keys_changed;   // keys set or deleted
   int failed_op = -1;  // txn: the position of the op that failed (Consul's Errors[].OpIndex)
+  std::string created_id;  // session create: the new session's id (a retry is answered with it)
 };
 
 class StateMachine {

@@ -263,9 +263,10 @@ Api::~Api() = default;
 Api::Api(Api&&) noexcept = default;
 Api& Api::operator=(Api&&) noexcept = default;
 
-Reply Api::Do(std::string_view method, std::string_view target, std::string_view body) {
+Reply Api::Do(std::string_view method, std::string_view target, std::string_view body,
+              const std::vector<std::pair<std::string, std::string>>& headers) {
   Reply r;
-  auto res = impl_->client.Request(method, target, body);
+  auto res = impl_->client.Request(method, target, body, headers);
   if (!res.ok()) {
     r.body = res.status().ToString();
     return r;

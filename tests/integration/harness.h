@@ -135,7 +135,8 @@ class Api {
   Api(Api&&) noexcept;
   Api& operator=(Api&&) noexcept;
 
-  Reply Do(std::string_view method, std::string_view target, std::string_view body = {});
+  Reply Do(std::string_view method, std::string_view target, std::string_view body = {},
+           const std::vector<std::pair<std::string, std::string>>& headers = {});
   Reply Get(std::string_view target) { return Do("GET", target); }
   Reply Put(std::string_view target, std::string_view body = {}) { return Do("PUT", target, body); }
   Reply Delete(std::string_view target) { return Do("DELETE", target); }

@@ -196,8 +196,9 @@ class AmqpTest : public ::testing::Test {
     ro.peers = {{1, ro.listen}};
     ro.tick_ms = 20;
     RaftLogCallbacks cb;
-    cb.on_commit = [this](uint64_t index, Machine machine, const std::string& data) {
-      if (machine == Machine::kQueues) broker_->Apply(index, data);
+    cb.on_commit = [this](const CommittedEntry& e) {
+      if (e.machine == Machine::kQueues) broker_->Apply(e.index, e.data);
+      return Status::Ok();
     };
     cb.on_restore = [](uint64_t, const std::string&) {};
     cb.on_leadership = [this](bool leader) { broker_->OnLeadership(leader); };

@@ -1,7 +1,8 @@
 // RaftLog: a cluster of one (group commit, shutdown), and three nodes on loopback, each with its
 // own in-memory store and executor. Proposals made on any node commit everywhere in the same order;
 // the proposer's DoneFn runs after its own apply; the group survives the loss of its leader; a node
-// restarted from its store catches up.
+// restarted from its store catches up; proposals in flight when the leader dies follow the new
+// leader and apply once (with a RequestDedupe, as NodeLog does), or are answered within a bound.
 #include "node/raft_log.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -34,7 +36,9 @@ struct Member {
   std::unique_ptr<net::IoRuntime> executor;
   std::unique_ptr<RaftLog> log;
   std::mutex mu;
-  std::vector<std::pair<uint64_t, std::string>> applied;
+  std::vector<std::pair<uint64_t, std::string>> applied;  // duplicates left out
+  int duplicates = 0;                                     // copies the dedupe table refused
+  RequestDedupe dedupe;                                   // on the executor
 
   void Start(const std::map<uint64_t, std::string>& peers) {
     executor = std::make_unique<net::IoRuntime>(1);
@@ -42,7 +46,9 @@ struct Member {
     {
       std::lock_guard lock(mu);
       applied.clear();  // re-applied from the log on start
+      duplicates = 0;
     }
+    dedupe.Clear();
     RaftLogOptions o;
     o.node_id = id;
     o.listen = address;
@@ -50,9 +56,15 @@ struct Member {
     o.tick_ms = 20;
     o.proposal_timeout_ms = 3000;
     RaftLogCallbacks cb;
-    cb.on_commit = [this](uint64_t index, Machine, const std::string& data) {
+    cb.on_commit = [this](const CommittedEntry& e) {
       std::lock_guard lock(mu);
-      applied.emplace_back(index, data);
+      if (dedupe.Check(e.id).verdict != RequestDedupe::Verdict::kNew) {
+        ++duplicates;
+        return Status::Ok();
+      }
+      dedupe.Record(e.index, e.id, "");
+      applied.emplace_back(e.index, e.data);
+      return Status::Ok();
     };
     cb.on_restore = [](uint64_t, const std::string&) {};
     log = std::make_unique<RaftLog>(store, *executor, std::move(cb), o);
@@ -149,6 +161,75 @@ TEST_F(RaftLogTest, SurvivesTheLossOfTheLeaderAndARestartedNodeCatchesUp) {
   EXPECT_NE(std::find(cmds.begin(), cmds.end(), "before"), cmds.end());
 }
 
+// Proposals in flight on a follower when the leader stops: each is sent again to the new leader
+// and succeeds (before re-forwarding they all failed with "outcome unknown"); a copy the old leader
+// had replicated may commit too, and the dedupe table applies each exactly once.
+TEST_F(RaftLogTest, InFlightProposalsFollowTheNewLeaderAndApplyOnce) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  const uint64_t leader = Leader();
+  const uint64_t follower = leader % 3 + 1, other = 6 - leader - follower;
+  ASSERT_TRUE(WaitUntil([&] { return Get(follower).log->status().node.leader == leader; }));
+  constexpr int kProposals = 40;
+  std::vector<std::promise<Status>> results(kProposals);
+  for (int i = 0; i < kProposals; ++i) {
+    Get(follower).log->Propose(Machine::kRegistry, "rf" + std::to_string(i),
+                               [&results, i](Status s, uint64_t) { results[i].set_value(s); });
+  }
+  Get(leader).Stop();
+  for (int i = 0; i < kProposals; ++i) {
+    auto f = results[i].get_future();
+    ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready) << i;
+    Status s = f.get();
+    EXPECT_TRUE(s.ok()) << "rf" << i << ": " << s.ToString();
+  }
+  for (uint64_t id : {follower, other}) {
+    ASSERT_TRUE(WaitUntil([&] {
+      auto cmds = Get(id).Commands();
+      return std::count_if(cmds.begin(), cmds.end(), [](const std::string& c) {
+               return c.rfind("rf", 0) == 0;
+             }) >= kProposals;
+    })) << "node "
+        << id;
+    auto cmds = Get(id).Commands();
+    for (int i = 0; i < kProposals; ++i) {
+      EXPECT_EQ(std::count(cmds.begin(), cmds.end(), "rf" + std::to_string(i)), 1)
+          << "node " << id << " rf" << i;
+    }
+  }
+  std::lock_guard lock(Get(follower).mu);
+  std::cout << "[raft_log] duplicates refused on the proposer: " << Get(follower).duplicates
+            << "\n";
+}
+
+// With no leader left to reach, a proposal that went to the dead leader is answered well before
+// the proposal timeout, with an error that says the outcome is unknown and how to retry.
+TEST_F(RaftLogTest, AProposalToADeadLeaderIsAnsweredWithinTheLeaderlessBound) {
+  ASSERT_TRUE(WaitUntil([&] { return Leader() != 0; }));
+  const uint64_t leader = Leader();
+  const uint64_t follower = leader % 3 + 1, other = 6 - leader - follower;
+  ASSERT_TRUE(WaitUntil([&] { return Get(follower).log->status().node.leader == leader; }));
+  Get(other).Stop();  // no quorum without the leader
+  ASSERT_TRUE(Get(leader).ProposeAndWait("warm").ok());
+  Get(leader).Stop();
+  auto start = std::chrono::steady_clock::now();
+  std::promise<Status> result;
+  Get(follower).log->Propose(Machine::kRegistry, "lost",
+                             [&](Status s, uint64_t) { result.set_value(s); });
+  auto f = result.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  Status s = f.get();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  start)
+                .count();
+  std::cout << "[raft_log] answered after " << ms << " ms: " << s.ToString() << "\n";
+  EXPECT_EQ(s.code(), Code::kUnavailable);
+  EXPECT_NE(s.message().find("may or may not"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("request id"), std::string::npos) << s.message();
+  // The leaderless bound (700 ms after the last word from the leader) answers, not the 3 s
+  // proposal timeout.
+  EXPECT_LT(ms, 2000);
+}
+
 // A MemLogStore whose fsync takes time, as a disk's does: what makes batching matter.
 class SlowSyncStore final : public storage::LogStore {
  public:
@@ -195,7 +276,10 @@ TEST(RaftLogSingleNodeTest, ConcurrentProposalsShareFsyncsAndCommitInLogOrder) {
   io.Start();
   std::vector<uint64_t> committed;  // only touched on the executor
   RaftLogCallbacks cb;
-  cb.on_commit = [&](uint64_t index, Machine, const std::string&) { committed.push_back(index); };
+  cb.on_commit = [&](const CommittedEntry& e) {
+    committed.push_back(e.index);
+    return Status::Ok();
+  };
   cb.on_restore = [](uint64_t, const std::string&) {};
   RaftLog log(store, io, std::move(cb), SingleNode());
   ASSERT_TRUE(log.Start().ok());
@@ -237,7 +321,7 @@ TEST(RaftLogSingleNodeTest, ProposalsAfterStopFailUnavailable) {
   net::IoRuntime io(1);
   io.Start();
   RaftLogCallbacks cb;
-  cb.on_commit = [](uint64_t, Machine, const std::string&) {};
+  cb.on_commit = [](const CommittedEntry&) { return Status::Ok(); };
   cb.on_restore = [](uint64_t, const std::string&) {};
   RaftLog log(store, io, std::move(cb), SingleNode());
   ASSERT_TRUE(log.Start().ok());

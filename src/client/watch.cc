@@ -61,8 +61,7 @@ Status ValidateRegistryUrl(std::string_view url) {
   return Status::Ok();
 }
 
-Result<std::vector<lb::Endpoint>> QueryError(const net::HttpClientResult& r,
-                                             const std::string& service) {
+Status QueryError(const net::HttpClientResult& r, const std::string& service) {
   std::string body = r.body.substr(0, 200);
   while (!body.empty() && body.back() == '\n') body.pop_back();
   return Status::Unavailable("registry answered " + std::to_string(r.status) + " for service " +
@@ -103,6 +102,7 @@ Result<std::vector<std::string>> ParseRegistryUrls(std::string_view list) {
                                      " URLs");
     }
     if (Status s = ValidateRegistryUrl(url); !s.ok()) return s;
+    if (url.back() == '/') url.remove_suffix(1);  // the client appends /v1/... itself
     if (!seen.insert(url).second) {
       return Status::InvalidArgument("registry: \"" + std::string(url) + "\" given twice");
     }
@@ -131,7 +131,7 @@ void RegistryFollower::SwitchNode() {
 FollowStep RegistryFollower::Poll() {
   auto r = http_->Request("GET", HealthQueryTarget(opts_.service, index_, opts_.wait_ms));
   if (!r.ok()) return Fail(r.status(), true);
-  if (r->status != 200) return Fail(QueryError(*r, opts_.service).status(), r->status >= 500);
+  if (r->status != 200) return Fail(QueryError(*r, opts_.service), r->status >= 500);
   FollowStep step;
   step.url = current_url();
   step.endpoints = ParseHealthEntries(r->body);

@@ -530,7 +530,7 @@ TEST(ProxyRegistryListTest, ParsesEveryUrlInOrder) {
   auto three =
       client::ParseRegistryUrls(" http://a.example:1, http://127.0.0.1:2/ ,http://[::1]:3");
   ASSERT_TRUE(three.ok()) << ErrorOf(three);
-  EXPECT_EQ(*three, (std::vector<std::string>{"http://a.example:1", "http://127.0.0.1:2/",
+  EXPECT_EQ(*three, (std::vector<std::string>{"http://a.example:1", "http://127.0.0.1:2",
                                               "http://[::1]:3"}));
   auto sixteen = client::ParseRegistryUrls(Urls(16));
   ASSERT_TRUE(sixteen.ok()) << ErrorOf(sixteen);
@@ -546,6 +546,7 @@ TEST(ProxyRegistryListTest, BadListsGetClearErrors) {
   EXPECT_THAT(error("http://a:1,"), HasSubstr("empty entry"));
   EXPECT_THAT(error(Urls(17)), HasSubstr("more than 16 URLs"));
   EXPECT_THAT(error("http://a:1,http://a:1"), HasSubstr("\"http://a:1\" given twice"));
+  EXPECT_THAT(error("http://a:1,http://a:1/"), HasSubstr("\"http://a:1\" given twice"));
   EXPECT_THAT(error("https://a:1"), HasSubstr("must be http://HOST:PORT"));
   EXPECT_THAT(error("a:1"), HasSubstr("must be http://HOST:PORT"));
   EXPECT_THAT(error("http://a"), HasSubstr("must be http://HOST:PORT"));

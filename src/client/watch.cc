@@ -154,6 +154,9 @@ FollowStep RegistryFollower::Fail(Status error, bool node_at_fault) {
   step.url = current_url();
   step.endpoints = std::move(error);
   ++failures_in_row_;
+  // The next query answers at once with the whole list: a node that restarted empty (an index
+  // behind ours) would otherwise park it for a whole wait.
+  if (node_at_fault) index_ = 0;
   const bool round_done = failures_in_row_ % opts_.urls.size() == 0;
   if (node_at_fault && opts_.urls.size() > 1) {
     SwitchNode();

@@ -37,8 +37,8 @@ struct FollowStep {
 
 // Follows one service's passing instances with blocking queries through one node of a registry
 // cluster at a time. A connect error, a 5xx (e.g. "not leader" during an election) or a query
-// past its bound (a stalled node) moves it to the next node, keeping the index (one Raft log: the
-// index means the same on every node). After a whole round of nodes failed it backs off,
+// past its bound (a stalled node) moves it to the next node with a fresh query (index 0), which
+// answers at once with the whole current list. After a whole round of nodes failed it backs off,
 // doubling from min to max. It never invents an empty list: on failure the caller keeps the last
 // one. Not thread-safe: one caller.
 class RegistryFollower {

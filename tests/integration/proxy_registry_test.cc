@@ -127,6 +127,7 @@ class ProxyRegistryClusterTest : public ::testing::Test {
   void TearDown() override {
     if (HasFailure() && proxy_) std::cerr << "proxy log:\n" << proxy_->ReadLog() << "\n";
     proxy_.reset();
+    for (auto& n : nodes_) n->Signal(SIGCONT);  // a paused node must not outlive the test
     for (auto& n : nodes_) (void)n->Kill();
   }
 
@@ -254,6 +255,42 @@ TEST_F(ProxyRegistryClusterTest, KillingTheWatchedNodeLosesNoRequest) {
       << "the proxy should count its switch to another node";
   EXPECT_GE(MetricValue(m.body, "haven_proxy_discovery_errors_total").value_or(0), 1);
   EXPECT_NE(proxy_->ReadLog().find("registry_switch"), std::string::npos);
+}
+
+// A node that stops answering (SIGSTOP: its sockets stay open, so nothing is refused or reset) is
+// left once the watch passes its bound, watch-wait + wait/16 + 5 s.
+TEST_F(ProxyRegistryClusterTest, StalledNodeIsLeftAfterTheWatchBound) {
+  int leader = -1;
+  ASSERT_TRUE(WaitFor([&] { return (leader = AgreedLeader()) >= 0; }, 15000, 20));
+  const int stalled = (leader + 1) % kNodes;  // a follower: the cluster keeps its leader
+  auto b0 = StartBackend("b0");
+  auto b1 = StartBackend("b1");
+  ASSERT_TRUE(RegisterPassing(urls_[static_cast<size_t>(leader)], "web0", *b0, 10000));
+  std::string urls = urls_[static_cast<size_t>(stalled)];
+  for (int i = 0; i < kNodes; ++i) {
+    if (i != stalled) urls += "," + urls_[static_cast<size_t>(i)];
+  }
+  proxy_ =
+      StartProxy({"--service", "web", "--registry", urls, "--threads", "1", "--watch-wait", "2s"});
+  const int port = proxy_->Port("proxy");
+  ASSERT_GT(port, 0);
+  Load load(port, 2);
+  ASSERT_TRUE(WaitFor([&] { return load.by_backend()["b0"] > 0; }, 10000));
+
+  nodes_[static_cast<size_t>(stalled)]->Signal(SIGSTOP);
+  const int64_t stopped_at = NowMs();
+  ASSERT_TRUE(RegisterPassing(urls_[static_cast<size_t>(leader)], "web1", *b1, 10000));
+  // Bound: 2 s wait + 1/16 + 5 s slack for the query in flight, then the next node at once.
+  const bool saw = WaitFor([&] { return load.by_backend()["b1"] > 0; }, 15000, 5);
+  const int64_t took = NowMs() - stopped_at;
+  load.Stop();
+  std::cout << "stalled registry node left; new instance got traffic " << took
+            << " ms after the SIGSTOP\n";
+  EXPECT_TRUE(saw) << "the proxy stayed on the stalled node";
+  EXPECT_LE(took, 2000 + 125 + 5000 + 3000);
+  EXPECT_EQ(load.failed(), 0) << load.first_failure();
+  EXPECT_NE(proxy_->ReadLog().find("timed out"), std::string::npos)
+      << "the switch should come from the watch's timeout";
 }
 
 }  // namespace

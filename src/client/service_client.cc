@@ -125,7 +125,8 @@ struct ServiceState {
 };
 
 struct ServiceClient::Impl {
-  explicit Impl(ClientOptions o) : opts(std::move(o)) {}
+  explicit Impl(ClientOptions o)
+      : opts(std::move(o)), registry_urls(ParseRegistryUrls(opts.registry)) {}
 
   Result<ServiceState*> Service(const std::string& name);
   std::optional<lb::Endpoint> Pick(ServiceState& st, const std::unordered_set<std::string>& tried);
@@ -141,6 +142,7 @@ struct ServiceClient::Impl {
   void ProbeEjected(ServiceState& st);
 
   ClientOptions opts;
+  Result<std::vector<std::string>> registry_urls;  // opts.registry parsed; its error otherwise
   std::atomic<uint64_t> seed{std::random_device{}()};
   std::mutex services_mu;
   std::unordered_map<std::string, std::unique_ptr<ServiceState>> services;
@@ -187,7 +189,8 @@ Result<ServiceState*> ServiceClient::Impl::Service(const std::string& name) {
         return Status::Unavailable("more than " + std::to_string(kMaxServices) +
                                    " services watched by one client");
       }
-      auto watch = std::make_shared<WatchState>(opts.registry, name, opts.watch_wait_ms);
+      if (!registry_urls.ok()) return registry_urls.status();
+      auto watch = std::make_shared<WatchState>(*registry_urls, name, opts.watch_wait_ms);
       auto state = std::make_unique<ServiceState>(watch, opts, seed.fetch_add(1));
       state->thread = StartWatch(watch);
       st = state.get();

@@ -17,6 +17,8 @@
 namespace haven::client {
 
 struct ClientOptions {
+  // One registry node, or every node of a registry cluster, comma-separated (<= 16): discovery
+  // watches through one and moves to the next when it fails (see RegistryFollower).
   std::string registry = "http://127.0.0.1:8500";
   lb::Policy policy = lb::Policy::kLeastRequest;
   lb::RetryOptions retry;  // attempts, per-try/overall timeouts, backoff, budget

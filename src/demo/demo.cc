@@ -271,11 +271,15 @@ Status Demo::StartProxy() {
         fmt::format("      - path: /{}/\n        cluster: {}\n", ServiceName(s), ServiceName(s));
   }
   yaml += "clusters:\n";
+  // Every node: the proxy's discovery moves to the next one when the node it watches through is
+  // killed or answers "not leader" (docs/proxy.md).
+  std::string registry;
+  for (const std::string& u : RegistryUrls()) registry += (registry.empty() ? "" : ",") + u;
   for (int s = 0; s < o_.services; ++s) {
     yaml += fmt::format(
         "  - name: {0}\n    service: {0}\n    registry: {1}\n    per-try-timeout: 10s\n"
         "    timeout: 30s\n    connect-timeout: 500ms\n",
-        ServiceName(s), Url(0));
+        ServiceName(s), registry);
   }
   const std::string path = o_.work_dir + "/proxy.yaml";
   {

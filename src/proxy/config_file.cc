@@ -9,6 +9,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "client/watch.h"
 #include "proxy/proxy_settings.h"
 
 namespace haven::proxy {
@@ -200,6 +201,8 @@ class ConfigParser {
                                     "\"; known: " + SettingNames(SettingScope::kCluster));
       } else if (e.value.IsSequence() && e.key == "upstream") {
         s = ParseUpstreamList(e, cluster);
+      } else if (e.value.IsSequence() && e.key == "registry") {
+        s = ParseRegistryList(e, cluster);
       } else {
         s = Apply(e, cluster, SetClusterSetting);
       }
@@ -217,6 +220,17 @@ class ConfigParser {
       }
     }
     return Status::Ok();
+  }
+
+  // `registry: [http://a:1, http://b:2]`: the same as the comma-separated value.
+  Status ParseRegistryList(const Entry& e, ClusterOptions* cluster) const {
+    if (Status s = CheckSequence(e, client::kMaxRegistryUrls); !s.ok()) return s;
+    std::string joined;
+    for (const YAML::Node& item : e.value) {
+      if (!item.IsScalar()) return ErrorAt(item, "each registry must be an http://HOST:PORT value");
+      joined += (joined.empty() ? "" : ",") + item.Scalar();
+    }
+    return Apply({e.key, e.key_node, YAML::Node(joined)}, cluster, SetClusterSetting);
   }
 
   std::string source_;

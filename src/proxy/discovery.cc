@@ -1,14 +1,16 @@
 #include "proxy/discovery.h"
 
+#include <algorithm>
 #include <charconv>
 #include <condition_variable>
 #include <mutex>
 #include <set>
 
 #include "base/log.h"
+#include "base/metrics.h"
 #include "client/health_json.h"
+#include "client/watch.h"
 #include "lb/balancer.h"
-#include "net/http_client.h"
 
 namespace haven::proxy {
 
@@ -97,38 +99,52 @@ void Discovery::Stop() {
 
 namespace {
 
+struct DiscoveryCounters {
+  metrics::Counter* errors;
+  metrics::Counter* switches;
+};
+
+DiscoveryCounters CountersFor(const std::string& service) {
+  auto& reg = metrics::Registry::Default();
+  return {&reg.GetCounter("haven_proxy_discovery_errors_total",
+                          "Registry queries of proxy discovery that failed (last list kept)",
+                          {{"service", service}}),
+          &reg.GetCounter("haven_proxy_registry_switches_total",
+                          "Times proxy discovery moved to another registry node",
+                          {{"service", service}})};
+}
+
+// The last list stays in force while the registry is unreachable: stale instances are better
+// than none (what Envoy does with its last EDS answer); only an answer replaces it.
 void RunDiscovery(const std::shared_ptr<Discovery::Shared>& s) {
   const DiscoveryOptions& o = s->opts;
-  net::HttpClient client(o.registry, o.wait_ms + o.wait_ms / 16 + 5'000);
-  uint64_t index = 0;
+  auto urls = client::ParseRegistryUrls(o.registry);
+  if (!urls.ok()) {  // validated with the options: cannot happen
+    HLOG_ERROR("proxy_discovery_error", "service={} error=\"{}\"", o.service,
+               urls.status().message());
+    return;
+  }
+  DiscoveryCounters counters = CountersFor(o.service);
+  client::RegistryFollower follower({*urls, o.service, o.wait_ms,
+                                     std::min<int64_t>(100, o.error_backoff_ms),
+                                     o.error_backoff_ms});
   std::vector<lb::Endpoint> last;
   bool delivered = false;
   while (!s->IsStopped()) {
-    auto r = client.Request("GET", client::HealthQueryTarget(o.service, index, o.wait_ms));
-    Result<std::vector<lb::Endpoint>> eps = Status::Unavailable("no answer");
-    if (r.ok() && r->status == 200) {
-      eps = client::ParseHealthEntries(r->body);
-    } else {
-      eps = r.ok() ? Status::Unavailable("HTTP " + std::to_string(r->status) + ": " + r->body)
-                   : r.status();
+    client::FollowStep step = follower.Poll();
+    if (!step.endpoints.ok()) {
+      counters.errors->Inc();
+      if (step.switched) counters.switches->Inc();
+      HLOG_WARN("proxy_discovery_error", "service={} registry={} error=\"{}\" kept={}", o.service,
+                step.url, step.endpoints.status().message(), last.size());
+    } else if (!delivered || !client::SameEndpoints(last, *step.endpoints)) {
+      last = std::move(step.endpoints).value();
+      delivered = true;
+      HLOG_INFO("proxy_endpoints", "service={} count={} registry={}", o.service, last.size(),
+                step.url);
+      s->Deliver(std::make_shared<const std::vector<lb::Endpoint>>(last));
     }
-    if (!eps.ok()) {
-      HLOG_WARN("proxy_discovery_error", "service={} error=\"{}\"", o.service,
-                eps.status().message());
-      index = 0;
-      if (!s->SleepUnlessStopped(o.error_backoff_ms)) return;
-      continue;
-    }
-    uint64_t new_index = client::ParseConsulIndex(r.value().Header("x-consul-index"));
-    // An index that goes back (a registry restart) means start over, as Consul's docs advise.
-    index = new_index < index ? 0 : new_index;
-    // Without an index the next query would not block: pace it instead of spinning.
-    if (index == 0 && !s->SleepUnlessStopped(o.error_backoff_ms)) return;
-    if (delivered && client::SameEndpoints(last, eps.value())) continue;
-    last = eps.value();
-    delivered = true;
-    HLOG_INFO("proxy_endpoints", "service={} count={} index={}", o.service, last.size(), index);
-    s->Deliver(std::make_shared<const std::vector<lb::Endpoint>>(last));
+    if (step.pause_ms > 0 && !s->SleepUnlessStopped(step.pause_ms)) return;
   }
 }
 

@@ -25,14 +25,19 @@ Result<lb::Endpoint> ParseHostPort(std::string_view text);
 Result<std::vector<lb::Endpoint>> ParseUpstreams(const std::vector<std::string>& texts);
 
 struct DiscoveryOptions {
-  std::string registry;  // "http://HOST:PORT"
+  std::string registry;  // "http://HOST:PORT", or every node of a cluster comma-separated
   std::string service;
-  int64_t wait_ms = 60'000;          // blocking query ?wait=
-  int64_t error_backoff_ms = 1'000;  // after a failed query
+  int64_t wait_ms = 60'000;  // blocking query ?wait=
+  // After every registry node failed once in a row: back off from 100 ms doubling up to this.
+  int64_t error_backoff_ms = 1'000;
 };
 
 // Follows one service with blocking queries on a thread of its own and calls on_change with every
-// new passing set (also the first one). Stop() returns at once: a query in flight is abandoned.
+// new passing set (also the first one). With several registry URLs it watches through one and
+// moves to the next on a connect error, a 5xx or a stalled query (client::RegistryFollower); a
+// failure never delivers anything, so the last list stays in force. Counts
+// haven_proxy_discovery_errors_total and haven_proxy_registry_switches_total{service}.
+// Stop() returns at once: a query in flight is abandoned.
 class Discovery {
  public:
   Discovery(DiscoveryOptions opts, std::function<void(EndpointSnapshot)> on_change);

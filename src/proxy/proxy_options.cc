@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "client/watch.h"
 #include "proxy/discovery.h"
 
 namespace haven::proxy {
@@ -15,7 +16,8 @@ namespace {
 constexpr size_t kMaxHostBytes = 255;
 constexpr size_t kMaxPathBytes = 1024;
 constexpr size_t kMaxHashHeaderBytes = 256;
-constexpr size_t kMaxUrlBytes = 1024;
+constexpr size_t kMaxRegistryListBytes =
+    client::kMaxRegistryUrls * (client::kMaxRegistryUrlBytes + 1);
 constexpr int64_t kMaxWatchWaitMs = int64_t{10} * 60 * 1000;
 constexpr size_t kMaxIdlePerEndpoint = 100'000;
 constexpr int kMaxCircuitLimit = 1'000'000;
@@ -84,8 +86,14 @@ Status ValidateSource(const ClusterOptions& c) {
   if (registry_mode && (c.service.empty() || c.registry.empty())) {
     return Invalid(where, "--service and --registry go together");
   }
-  if (registry_mode && (c.registry.rfind("http://", 0) != 0 || c.registry.size() > kMaxUrlBytes)) {
-    return Invalid(where, "--registry must be http://HOST:PORT");
+  if (registry_mode && c.registry.size() > kMaxRegistryListBytes) {
+    return Invalid(where,
+                   "--registry is longer than " + std::to_string(kMaxRegistryListBytes) + " bytes");
+  }
+  if (registry_mode) {
+    if (auto urls = client::ParseRegistryUrls(c.registry); !urls.ok()) {
+      return Invalid(where, "--" + urls.status().message());
+    }
   }
   if (registry_mode && c.service.size() > kMaxNameBytes) {
     return Invalid(where, "--service is longer than " + std::to_string(kMaxNameBytes) + " bytes");

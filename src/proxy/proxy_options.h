@@ -44,7 +44,8 @@ struct ClusterOptions {
   std::string name;                    // routes name it; the `service` label of its metrics
   std::vector<std::string> upstreams;  // static: HOST:PORT each
   std::string service;                 // registry mode: follow this service's passing instances
-  std::string registry;                // registry mode: "http://HOST:PORT"
+  // Registry mode: "http://HOST:PORT", or the nodes of a registry cluster comma-separated.
+  std::string registry;
   lb::Policy policy = lb::Policy::kLeastRequest;
   // ring_hash key: this request header when the request has it, else the client's address.
   std::string hash_header;

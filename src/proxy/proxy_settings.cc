@@ -260,7 +260,9 @@ const std::vector<Row<ClusterOptions>>& ClusterRows() {
           "service", "Follow this service's passing instances in the registry",
           [](auto& c) -> auto& { return c.service; }),
       Text<C>(
-          "registry", "Registry for service: http://HOST:PORT",
+          "registry",
+          "Registry for service: http://HOST:PORT, or every node of a cluster comma-separated "
+          "(<= 16; discovery moves to the next node when one fails)",
           [](auto& c) -> auto& { return c.registry; }, "URL"),
       PolicyRow(),
       Text<C>(

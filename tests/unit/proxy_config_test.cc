@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "client/watch.h"
 #include "proxy/config_file.h"
 #include "proxy/proxy_options.h"
 #include "proxy/proxy_settings.h"
@@ -508,6 +509,96 @@ TEST(ProxyValidateTest, ParseListen) {
   for (const char* bad : {"", "host", "h:", "h:65536", "h:8o", "h:-1"}) {
     EXPECT_FALSE(ParseListen(bad).ok()) << bad;
   }
+}
+
+// ---- registry cluster: several URLs ----
+
+std::string Urls(int n, int first_port = 8500) {
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    out += (i ? "," : "") + std::string("http://127.0.0.1:") + std::to_string(first_port + i);
+  }
+  return out;
+}
+
+TEST(ProxyRegistryListTest, ParsesEveryUrlInOrder) {
+  auto one = client::ParseRegistryUrls("http://127.0.0.1:8500");
+  ASSERT_TRUE(one.ok()) << ErrorOf(one);
+  EXPECT_EQ(*one, std::vector<std::string>{"http://127.0.0.1:8500"});
+  auto three =
+      client::ParseRegistryUrls(" http://a.example:1, http://127.0.0.1:2/ ,http://[::1]:3");
+  ASSERT_TRUE(three.ok()) << ErrorOf(three);
+  EXPECT_EQ(*three, (std::vector<std::string>{"http://a.example:1", "http://127.0.0.1:2",
+                                              "http://[::1]:3"}));
+  auto sixteen = client::ParseRegistryUrls(Urls(16));
+  ASSERT_TRUE(sixteen.ok()) << ErrorOf(sixteen);
+  EXPECT_EQ(sixteen->size(), 16u);
+  EXPECT_EQ(sixteen->back(), "http://127.0.0.1:8515");
+}
+
+TEST(ProxyRegistryListTest, BadListsGetClearErrors) {
+  auto error = [](std::string_view list) { return ErrorOf(client::ParseRegistryUrls(list)); };
+  EXPECT_THAT(error(""), HasSubstr("no URL given"));
+  EXPECT_THAT(error("  "), HasSubstr("no URL given"));
+  EXPECT_THAT(error("http://a:1,,http://b:2"), HasSubstr("empty entry"));
+  EXPECT_THAT(error("http://a:1,"), HasSubstr("empty entry"));
+  EXPECT_THAT(error(Urls(17)), HasSubstr("more than 16 URLs"));
+  EXPECT_THAT(error("http://a:1,http://a:1"), HasSubstr("\"http://a:1\" given twice"));
+  EXPECT_THAT(error("http://a:1,http://a:1/"), HasSubstr("\"http://a:1\" given twice"));
+  EXPECT_THAT(error("https://a:1"), HasSubstr("must be http://HOST:PORT"));
+  EXPECT_THAT(error("a:1"), HasSubstr("must be http://HOST:PORT"));
+  EXPECT_THAT(error("http://a"), HasSubstr("must be http://HOST:PORT"));
+  EXPECT_THAT(error("http://:80"), HasSubstr("must be http://HOST:PORT"));
+  EXPECT_THAT(error("http://a:0"), HasSubstr("port must be 1..65535"));
+  EXPECT_THAT(error("http://a:65536"), HasSubstr("port must be 1..65535"));
+  EXPECT_THAT(error("http://a:8x"), HasSubstr("port must be 1..65535"));
+  EXPECT_THAT(error("http://a b:1"), HasSubstr("bad character in host"));
+  EXPECT_THAT(error("http://u@a:1"), HasSubstr("bad character in host"));
+  EXPECT_THAT(error("http://a:1/v1/x"), HasSubstr("port must be"));
+  EXPECT_THAT(error("http://" + std::string(2000, 'a') + ":1"), HasSubstr("longer than 1024"));
+  // The first bad entry is named even after good ones.
+  EXPECT_THAT(error("http://a:1, http://b:99999"), HasSubstr("\"http://b:99999\""));
+}
+
+TEST(ProxyRegistryListTest, ValidateAcceptsAClusterAndNamesTheCulprit) {
+  ProxyOptions o = ValidOptions();
+  o.clusters[1].registry = Urls(3);
+  EXPECT_TRUE(ValidateProxyOptions(o).ok()) << ErrorOf(ValidateProxyOptions(o));
+  ExpectInvalid([](ProxyOptions& p) { p.clusters[1].registry = Urls(17); },
+                "cluster \"users\": --registry: more than 16 URLs");
+  ExpectInvalid(
+      [](ProxyOptions& p) { p.clusters[1].registry = Urls(2) + ",http://127.0.0.1:8500"; },
+      "given twice");
+  ExpectInvalid([](ProxyOptions& p) { p.clusters[1].registry = std::string(20'000, 'x'); },
+                "--registry is longer than");
+}
+
+TEST(ProxyRegistryListTest, FlagTakesACommaSeparatedList) {
+  ClusterOptions c;
+  ASSERT_TRUE(SetClusterSetting(&c, "registry", Urls(3)).ok());
+  EXPECT_EQ(c.registry, Urls(3));
+}
+
+TEST(ProxyRegistryListTest, ConfigFileTakesAListOrACommaSeparatedValue) {
+  const std::string head =
+      "listeners:\n  - listen: 127.0.0.1:0\n    cluster: users\nclusters:\n  - name: users\n"
+      "    service: users\n";
+  auto as_list =
+      ParseProxyConfig(head + "    registry: [http://127.0.0.1:1, http://127.0.0.1:2]\n");
+  ASSERT_TRUE(as_list.ok()) << ErrorOf(as_list);
+  EXPECT_EQ(as_list->clusters[0].registry, "http://127.0.0.1:1,http://127.0.0.1:2");
+  auto as_text = ParseProxyConfig(head + "    registry: http://127.0.0.1:1, http://127.0.0.1:2\n");
+  ASSERT_TRUE(as_text.ok()) << ErrorOf(as_text);
+  EXPECT_EQ(as_text->clusters[0].registry, "http://127.0.0.1:1, http://127.0.0.1:2");
+
+  EXPECT_THAT(ErrorOf(ParseProxyConfig(head + "    registry: [http://127.0.0.1:1, [x]]\n")),
+              HasSubstr("line 7: each registry must be an http://HOST:PORT value"));
+  std::string seventeen = "    registry: [";
+  for (int i = 0; i < 17; ++i) seventeen += (i ? ", " : "") + Urls(1, 9000 + i);
+  EXPECT_THAT(ErrorOf(ParseProxyConfig(head + seventeen + "]\n")),
+              HasSubstr("\"registry\" has more than 16 items"));
+  EXPECT_THAT(ErrorOf(ParseProxyConfig(head + "    registry: [http://127.0.0.1:1, ftp://x:2]\n")),
+              HasSubstr("ftp://x:2"));
 }
 
 }  // namespace

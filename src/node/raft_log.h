@@ -25,9 +25,17 @@ struct RaftLogOptions {
   std::string listen = "127.0.0.1:0";     // this node's raft address (HOST:PORT, an IP)
   std::map<uint64_t, std::string> peers;  // id -> raft address, this node included; at bootstrap
                                           // these are the voters (empty: join an existing cluster)
-  int64_t tick_ms = 100;
-  int election_ticks = 10;  // election timeout = tick_ms * [election_ticks, 2 * election_ticks)
+  // Timing (docs/cluster.md "Failover timing" says how the defaults were measured): a heartbeat
+  // every tick; a follower that hears no leader campaigns after an election timeout of
+  // tick_ms * [election_ticks, 2 * election_ticks).
+  int64_t tick_ms = 50;
+  int election_ticks = 20;
   int heartbeat_ticks = 1;
+  // A follower that has not heard its leader for two heartbeat intervals tries a TCP connect to
+  // the leader's raft port; refused means the process is gone, and the follower campaigns within
+  // unreachable_campaign_ticks instead of an election timeout (raft::RawNode::LeaderUnreachable).
+  bool probe_leader = true;
+  int unreachable_campaign_ticks = 3;
   int64_t proposal_timeout_ms = 5'000;  // a proposal not committed by then fails (outcome unknown)
   size_t max_pending_proposals = 100'000;
 };

@@ -5,7 +5,8 @@
 # integration test ClusterFailoverTest.SteadyWriteLoadHoldsOneTerm for longer than `make test`
 # does (60 s). Never part of `make test`.
 #
-# Knobs (environment): MINUTES=10 BUILD_DIR=build (the test binary is built there unless TEST_BIN
+# Knobs (environment): MINUTES=10 SERVER_ARGS= (extra `haven server` flags, e.g. "--raft-tick 20ms
+#   --election-timeout 200ms" to see what shorter timeouts cost) BUILD_DIR=build (the test binary is built there unless TEST_BIN
 #   names one). Exit 0: no election; 1: elections or a failure (the test's output says which).
 set -euo pipefail
 
@@ -21,9 +22,9 @@ if [ -z "${TEST_BIN:-}" ]; then
 fi
 OUT="$(mktemp "${TMPDIR:-/tmp}/haven-elections.XXXXXX")"
 trap 'rm -f "$OUT"' EXIT
-echo "elections.sh: $MINUTES min of write load on 3 nodes ($(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "elections.sh: $MINUTES min of write load on 3 nodes${SERVER_ARGS:+ ($SERVER_ARGS)} ($(nproc) cores, load avg $(cut -d' ' -f1-3 /proc/loadavg))"
 rc=0
-HAVEN_STEADY_SECONDS=$((MINUTES * 60)) "$TEST_BIN" \
+HAVEN_SERVER_ARGS="${SERVER_ARGS:-}" HAVEN_STEADY_SECONDS=$((MINUTES * 60)) "$TEST_BIN" \
   --gtest_filter=ClusterFailoverTest.SteadyWriteLoadHoldsOneTerm >"$OUT" 2>&1 || rc=$?
 grep '^\[failover\]' "$OUT" || { tail -n 40 "$OUT"; exit 1; }
 changes="$(sed -n 's/.*term changes: \([0-9]*\).*/\1/p' "$OUT")"

@@ -4,7 +4,8 @@
 # write unique keys (bench/failover/leader_writers.py; a failed write is not retried, the next
 # one has a new key); KILL_AFTER seconds in, SIGKILL the leader. Reported per round, then as
 # medians with the haven/etcd ratio:
-#   first_write_ms      kill -> first acknowledged write sent after the kill (any survivor)
+#   first_write_ms      kill -> first acknowledged write sent after the killed process was reaped
+#                       (earlier ones may still have been committed by the old leader)
 #   longest_inflight_ms kill -> answer of the slowest request that was in flight at the kill
 #   failed_but_applied  writes answered as failed (error or timeout) whose key exists afterwards
 #   lost                acknowledged writes whose key does not exist afterwards (must be 0)
@@ -169,7 +170,7 @@ etcd_keys() { # index prefix
 
 # --- one round -------------------------------------------------------------------------------------
 kill_round() { # system round
-  local sys="$1" round="$2" run_id="r$2$1" leader kill_us survivor line
+  local sys="$1" round="$2" run_id="r$2$1" leader kill_us dead_us survivor line
   if [ "$sys" = haven ]; then start_haven "$run_id"; else start_etcd "$run_id"; fi
   python3 "$WRITERS" run --system "$sys" --targets "$(targets_csv)" --clients "$CLIENTS" \
     --duration "$DURATION" --timeout "$TIMEOUT" --run-id "$run_id" --log "$WORK/$run_id.req" &
@@ -180,6 +181,7 @@ kill_round() { # system round
   kill_us="$(date +%s%6N)"
   kill -KILL "${NODE_PID[$leader]}"
   wait "${NODE_PID[$leader]}" 2>/dev/null || true
+  dead_us="$(date +%s%6N)" # reaped: writes sent from here on cannot reach the old leader
   NODE_PID[leader]=""
   wait "$WRITERS_PID" || die "$sys: the writers failed"
   WRITERS_PID=""
@@ -195,7 +197,7 @@ kill_round() { # system round
     prev="$now"
     sleep 0.5
   done
-  line="$(python3 "$WRITERS" analyze --log "$WORK/$run_id.req" --kill-us "$kill_us" --keys "$WORK/$run_id.keys")"
+  line="$(python3 "$WRITERS" analyze --log "$WORK/$run_id.req" --kill-us "$kill_us" --dead-us "$dead_us" --keys "$WORK/$run_id.keys")"
   echo "$sys round $round: killed member$((leader + 1)); $line"
   echo "$sys $round $line" >>"$RESULTS"
   LOST_TOTAL=$((LOST_TOTAL + $(sed -n 's/.*lost=\([0-9]*\).*/\1/p' <<<"$line")))

@@ -6,8 +6,8 @@
            (sent_us done_us target key outcome). A failed request is not retried (its key stays
            failed): the next one, with a new key, goes after BACKOFF, to the next target when the
            member refused or reset the connection.
-  analyze: from that log, the kill time and the keys a survivor holds afterwards: time to the first
-           acknowledged write sent after the kill, the longest wait of a request in flight at the
+  analyze: from that log, the kill time and the keys a survivor holds afterwards: time from the
+           kill to the first acknowledged write sent after the killed process was reaped, the longest wait of a request in flight at the
            kill, failed writes that were in fact applied, acknowledged writes that are missing.
 
 Standard library only; one connection per client thread, kept alive.
@@ -100,6 +100,7 @@ def run(args):
 
 def analyze(args):
     kill = args.kill_us
+    dead = max(args.dead_us or kill, kill)
     have = set(line.strip() for line in open(args.keys) if line.strip())
     first_after = None      # ms from the kill to the first ack of a write sent after it
     longest_inflight = 0.0  # ms from the kill to the answer of a request in flight at it
@@ -117,7 +118,7 @@ def analyze(args):
             acked += 1
             if key not in have:
                 lost += 1
-            if sent >= kill and (first_after is None or done - kill < first_after * 1000):
+            if sent >= dead and (first_after is None or done - kill < first_after * 1000):
                 first_after = (done - kill) / 1000
         else:
             failed += 1
@@ -143,6 +144,9 @@ def main():
     a = sub.add_parser("analyze")
     a.add_argument("--log", required=True)
     a.add_argument("--kill-us", type=int, required=True)
+    a.add_argument("--dead-us", type=int, default=0,
+                   help="when the killed process was reaped: only writes sent after it count for "
+                        "first_write_ms (still measured from --kill-us)")
     a.add_argument("--keys", required=True, help="file: the keys a survivor holds, one a line")
     args = p.parse_args()
     run(args) if args.cmd == "run" else analyze(args)

@@ -65,7 +65,7 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
 
   std::string raft_tick = "50ms";
-  std::string election_timeout = "1s";
+  std::string election_timeout = "1500ms";
   server
       ->add_option("--raft-tick", raft_tick,
                    "Raft tick (10ms-1s): the leader heartbeats every tick; a follower that hears "

@@ -132,6 +132,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   static constexpr size_t kMaxAskBytes = size_t{64} * 1024;
   Clock::time_point last_leader_contact{};  // when a frame from the leader last arrived
   bool leader_probe_in_flight = false;      // one TCP probe of a silent leader at a time
+  Clock::time_point tick_due{};             // when the pending tick should run
   static constexpr int64_t kLeaderProbeTimeoutMs = 500;
 
   // --- the executor's state ---
@@ -212,6 +213,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   }
 
   void OnTick() {
+    WarnIfTickLate();
     node->Tick();
     MaybeProbeLeader();
     if (!waiting_for_leader.empty() && node->status().leader != 0) {
@@ -224,7 +226,24 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     ExpireAsks();
     ScheduleReady();
     executor.Post([self = shared_from_this()] { self->ExpireProposals(); });
+    ScheduleTick();
+  }
+
+  void ScheduleTick() {
+    tick_due = Clock::now() + std::chrono::milliseconds(opts.tick_ms);
     tick_timer = loop.RunAfter(opts.tick_ms, [this] { OnTick(); });
+  }
+
+  // A raft thread held up for a good part of an election timeout (a slow fsync, CPU starvation)
+  // is what makes followers elect without a fault: said in the log, so an election can be
+  // explained.
+  void WarnIfTickLate() {
+    const auto late =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - tick_due);
+    if (late.count() >= opts.tick_ms * opts.election_ticks / 4) {
+      HLOG_WARN("raft_tick_late", "node={} late_ms={} election_timeout_ms={}", opts.node_id,
+                late.count(), opts.tick_ms * opts.election_ticks);
+    }
   }
 
   // A follower whose leader fell silent asks the kernel whether the leader's process is still
@@ -750,7 +769,7 @@ Status RaftLog::Start() {
     const raft::NodeStatus st = im.node->status();
     if (st.conf.voters_size() == 1 && st.conf.voters(0) == im.opts.node_id) im.node->Campaign();
     im.ProcessReady();
-    im.tick_timer = im.loop.RunAfter(im.opts.tick_ms, [&im] { im.OnTick(); });
+    im.ScheduleTick();
     started.set_value();
   });
   started.get_future().wait();

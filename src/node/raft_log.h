@@ -29,7 +29,7 @@ struct RaftLogOptions {
   // every tick; a follower that hears no leader campaigns after an election timeout of
   // tick_ms * [election_ticks, 2 * election_ticks).
   int64_t tick_ms = 50;
-  int election_ticks = 20;
+  int election_ticks = 30;
   int heartbeat_ticks = 1;
   // A follower that has not heard its leader for two heartbeat intervals tries a TCP connect to
   // the leader's raft port; refused means the process is gone, and the follower campaigns within

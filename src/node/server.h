@@ -31,7 +31,7 @@ struct ServerOptions {
   // [1, 2) x election_timeout_ms (sooner when the leader's process is seen gone). Checked by
   // CheckRaftTiming.
   int64_t raft_tick_ms = 50;
-  int64_t election_timeout_ms = 1000;
+  int64_t election_timeout_ms = 1500;
 };
 
 // Limits of the raft timing flags: a tick of 10 ms to 1 s, an election timeout of 5 to 10000

@@ -318,8 +318,8 @@ void Raft::Campaign() {
 
 void Raft::LeaderUnreachable(uint64_t id) {
   if (id == 0 || id != lead_ || role_ != Role::kFollower || id == config_.id) return;
-  HLOG_INFO("raft_leader_unreachable", "group={} id={} term={} leader={}", config_.group,
-            config_.id, term_, id);
+  HLOG_DEBUG("raft_leader_unreachable", "group={} id={} term={} leader={}", config_.group,
+             config_.id, term_, id);
   leader_lost_ = true;
   lead_ = 0;  // no lease any more: InLease() is false, votes are granted
   election_elapsed_ = 0;

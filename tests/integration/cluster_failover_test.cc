@@ -59,6 +59,22 @@ int64_t SteadyMs() {
   return std::clamp<int64_t>(ms, 1000, kMaxSteadyMs);
 }
 
+// Extra `haven server` flags from HAVEN_SERVER_ARGS (space-separated), so that elections.sh can
+// measure other timings (e.g. "--raft-tick 20ms --election-timeout 200ms"); none by default.
+std::vector<std::string> ExtraServerArgs() {
+  std::vector<std::string> args;
+  const char* env = std::getenv("HAVEN_SERVER_ARGS");
+  std::string text = env ? env : "";
+  size_t at = 0;
+  while (at < text.size() && args.size() < 32) {
+    size_t end = text.find(' ', at);
+    if (end == std::string::npos) end = text.size();
+    if (end > at) args.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return args;
+}
+
 // Threads that PUT unique keys to their node in a loop until stopped; they count what succeeded.
 class Writers {
  public:
@@ -122,6 +138,7 @@ class ClusterFailoverTest : public ::testing::Test {
       spec.extra_args = {"--node-id", std::to_string(i + 1),
                          "--raft",    raft_addrs_[static_cast<size_t>(i)],
                          "--peers",   peers};
+      for (auto& a : ExtraServerArgs()) spec.extra_args.push_back(a);
       nodes_.push_back(std::make_unique<ServerProcess>(std::move(spec)));
     }
     for (int i = 0; i < kNodes; ++i) {

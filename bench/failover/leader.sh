@@ -6,7 +6,8 @@
 # medians with the haven/etcd ratio:
 #   first_write_ms      kill -> first acknowledged write sent after the killed process was reaped
 #                       (earlier ones may still have been committed by the old leader)
-#   longest_inflight_ms kill -> answer of the slowest request that was in flight at the kill
+#   longest_inflight_ms kill -> answer of the slowest request in flight at the kill (sent before
+#                       the killed process was reaped, answered after the signal)
 #   failed_but_applied  writes answered as failed (error or timeout) whose key exists afterwards
 #   lost                acknowledged writes whose key does not exist afterwards (must be 0)
 # Both systems keep their default timing (haven: tick 50 ms, election timeout 1 s; etcd:
@@ -199,7 +200,7 @@ kill_round() { # system round
   done
   line="$(python3 "$WRITERS" analyze --log "$WORK/$run_id.req" --kill-us "$kill_us" --dead-us "$dead_us" --keys "$WORK/$run_id.keys")"
   echo "$sys round $round: killed member$((leader + 1)); $line"
-  echo "$sys $round $line" >>"$RESULTS"
+  echo "$sys $round $line kill_us=$kill_us dead_us=$dead_us" >>"$RESULTS"
   LOST_TOTAL=$((LOST_TOTAL + $(sed -n 's/.*lost=\([0-9]*\).*/\1/p' <<<"$line")))
   stop_cluster
 }

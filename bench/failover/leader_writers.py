@@ -111,7 +111,8 @@ def analyze(args):
         if len(parts) != 5:
             continue
         sent, done, _, key, outcome = int(parts[0]), int(parts[1]), parts[2], parts[3], parts[4]
-        if sent <= kill < done:
+        # In flight at the kill: sent before the process was gone, answered after the signal.
+        if sent <= dead and done > kill:
             inflight += 1
             longest_inflight = max(longest_inflight, (done - kill) / 1000)
         if outcome == "ok":

@@ -25,11 +25,11 @@ struct RaftLogOptions {
   std::string listen = "127.0.0.1:0";     // this node's raft address (HOST:PORT, an IP)
   std::map<uint64_t, std::string> peers;  // id -> raft address, this node included; at bootstrap
                                           // these are the voters (empty: join an existing cluster)
-  // Timing (docs/cluster.md "Failover timing" says how the defaults were measured): a heartbeat
-  // every tick; a follower that hears no leader campaigns after an election timeout of
-  // tick_ms * [election_ticks, 2 * election_ticks).
-  int64_t tick_ms = 50;
-  int election_ticks = 30;
+  // Timing: a heartbeat every heartbeat_ticks; a follower that hears no leader campaigns after
+  // tick_ms * [election_ticks, 2 * election_ticks). `haven server` sets both from --raft-tick and
+  // --election-timeout (docs/cluster.md "Failover timing" says how those defaults were chosen).
+  int64_t tick_ms = 100;
+  int election_ticks = 10;
   int heartbeat_ticks = 1;
   // A follower that has not heard its leader for two heartbeat intervals tries a TCP connect to
   // the leader's raft port; refused means the process is gone, and the follower campaigns within

@@ -314,5 +314,28 @@ TEST_F(ClusterFailoverTest, SteadyWriteLoadHoldsOneTerm) {
   EXPECT_GT(load.acked(), 100) << "the load did not run";
 }
 
+TEST(FailoverFlags, BadTimingIsRefusedWithExitCode2) {
+  TempDir dir;
+  struct Case {
+    std::vector<std::string> flags;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"--raft-tick", "5ms"}, "--raft-tick must be from 10ms to 1s"},
+      {{"--raft-tick", "2s"}, "--raft-tick must be from 10ms to 1s"},
+      {{"--election-timeout", "100ms"}, "5 to 10000 times --raft-tick"},
+      {{"--election-timeout", "2m"}, "at most 60s"},
+      {{"--raft-tick", "fast"}, "take durations"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"server",      "--data-dir", dir.path() + "/d", "--http",
+                                     "127.0.0.1:0", "--amqp",     "127.0.0.1:0"};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    CliResult r = RunCli(args, 20);
+    EXPECT_EQ(r.code, 2) << c.flags[0] << " " << c.flags[1] << ": " << r.out;
+    EXPECT_NE(r.out.find(c.says), std::string::npos) << r.out;
+  }
+}
+
 }  // namespace
 }  // namespace haven::itest

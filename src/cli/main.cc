@@ -65,6 +65,19 @@ int Main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
 
+  std::string raft_tick = "50ms";
+  std::string election_timeout = "1500ms";
+  server
+      ->add_option("--raft-tick", raft_tick,
+                   "Raft tick (10ms-1s): the leader heartbeats every tick; a follower that hears "
+                   "nothing for 2 ticks checks whether the leader's process is still there")
+      ->capture_default_str();
+  server
+      ->add_option("--election-timeout", election_timeout,
+                   "A follower that hears no leader campaigns after 1-2x this (5-10000 ticks, at "
+                   "most 60s); within 3 ticks when the leader's raft port refuses connections")
+      ->capture_default_str();
+
   haven::cli::ClientOptions client_opts;
   const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");
   if (env_addr && *env_addr) client_opts.addr = env_addr;
@@ -87,6 +100,18 @@ int Main(int argc, char** argv) {
       return 2;
     }
     server_opts.tombstone_ttl_ms = *ttl;
+    auto tick = haven::ParseDurationMs(raft_tick);
+    auto election = haven::ParseDurationMs(election_timeout);
+    if (!tick.ok() || !election.ok()) {
+      std::cerr << "haven server: --raft-tick and --election-timeout take durations (50ms, 1s)\n";
+      return 2;
+    }
+    if (auto s = haven::node::CheckRaftTiming(*tick, *election); !s.ok()) {
+      std::cerr << "haven server: " << s.message() << "\n";
+      return 2;
+    }
+    server_opts.raft_tick_ms = *tick;
+    server_opts.election_timeout_ms = *election;
     return haven::node::RunServer(server_opts);
   }
   if (haven::cli::ProxyCommandParsed(proxy_opts)) return haven::cli::RunProxyCommand(proxy_opts);

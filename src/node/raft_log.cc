@@ -11,6 +11,7 @@
 
 #include "base/log.h"
 #include "net/framed_transport.h"
+#include "net/probe.h"
 #include "node/node.pb.h"
 #include "node/raft_storage.h"
 
@@ -145,6 +146,9 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   uint64_t next_ask_id = 1;
   static constexpr size_t kMaxAskBytes = size_t{64} * 1024;
   Clock::time_point last_leader_contact{};  // when a frame from the leader last arrived
+  bool leader_probe_in_flight = false;      // one TCP probe of a silent leader at a time
+  Clock::time_point tick_due{};             // when the pending tick should run
+  static constexpr int64_t kLeaderProbeTimeoutMs = 500;
 
   // --- the executor's state ---
   struct Pending {
@@ -311,7 +315,9 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   }
 
   void OnTick() {
+    WarnIfTickLate();
     node->Tick();
+    MaybeProbeLeader();
     if (!waiting_for_leader.empty() && node->status().leader != 0) {
       std::vector<pb::Proposal> retry;
       retry.swap(waiting_for_leader);
@@ -324,7 +330,52 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     ExpireAsks();
     ScheduleReady();
     executor.Post([self = shared_from_this()] { self->ExpireProposals(); });
+    ScheduleTick();
+  }
+
+  void ScheduleTick() {
+    tick_due = Clock::now() + std::chrono::milliseconds(opts.tick_ms);
     tick_timer = loop.RunAfter(opts.tick_ms, [this] { OnTick(); });
+  }
+
+  // A raft thread held up for a good part of an election timeout (a slow fsync, CPU starvation)
+  // is what makes followers elect without a fault: said in the log, so an election can be
+  // explained.
+  void WarnIfTickLate() {
+    const auto late =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - tick_due);
+    if (late.count() >= opts.tick_ms * opts.election_ticks / 4) {
+      HLOG_WARN("raft_tick_late", "node={} late_ms={} election_timeout_ms={}", opts.node_id,
+                late.count(), opts.tick_ms * opts.election_ticks);
+    }
+  }
+
+  // A follower whose leader fell silent asks the kernel whether the leader's process is still
+  // there: SIGKILL or a crash closes its listening socket, so a connect to its raft port is
+  // refused at once, while a leader that is only slow (a long fsync, a starved thread) still
+  // accepts. Only a refusal counts, so a slow leader keeps its lease.
+  void MaybeProbeLeader() {
+    if (!opts.probe_leader || leader_probe_in_flight || failed) return;
+    const raft::NodeStatus st = node->status();
+    if (st.role != raft::Role::kFollower || st.leader == 0 || st.leader == opts.node_id) return;
+    const auto silence = std::chrono::milliseconds(2 * opts.tick_ms * opts.heartbeat_ticks);
+    if (Clock::now() - last_leader_contact < silence) return;
+    auto it = peers.find(st.leader);
+    if (it == peers.end()) return;
+    leader_probe_in_flight = true;
+    const uint64_t leader = st.leader;
+    // The callback runs on `loop` (the probe's strand is on its context) and dies with it.
+    net::ProbeTcp(loop, it->second, kLeaderProbeTimeoutMs,
+                  [this, leader](const net::ProbeResult& r) { OnLeaderProbed(leader, r); });
+  }
+
+  void OnLeaderProbed(uint64_t leader, const net::ProbeResult& r) {
+    leader_probe_in_flight = false;
+    if (r.status == "passing" || r.output.find("refused") == std::string::npos) return;
+    if (node->status().leader != leader) return;  // another leader was heard meanwhile
+    HLOG_INFO("raft_leader_gone", "node={} leader={} probe=\"{}\"", opts.node_id, leader, r.output);
+    node->LeaderUnreachable(leader);
+    ScheduleReady();
   }
 
   // Step 1-4 of the Ready contract, for every Ready the node has.
@@ -824,6 +875,7 @@ Status RaftLog::Start() {
   cfg.group = im.opts.group;
   cfg.election_tick = im.opts.election_ticks;
   cfg.heartbeat_tick = im.opts.heartbeat_ticks;
+  cfg.unreachable_campaign_ticks = std::min(im.opts.unreachable_campaign_ticks, cfg.election_tick);
   // Real randomness here (the simulator seeds its own): otherwise the same node wins every first
   // election of a fresh cluster.
   cfg.seed = (im.opts.node_id * 0x9e3779b97f4a7c15ULL) ^ std::random_device{}();
@@ -849,7 +901,7 @@ Status RaftLog::Start() {
     const raft::NodeStatus st = im.node->status();
     if (st.conf.voters_size() == 1 && st.conf.voters(0) == im.opts.node_id) im.node->Campaign();
     im.ProcessReady();
-    im.tick_timer = im.loop.RunAfter(im.opts.tick_ms, [&im] { im.OnTick(); });
+    im.ScheduleTick();
     started.set_value();
   });
   started.get_future().wait();

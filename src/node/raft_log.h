@@ -28,9 +28,17 @@ struct RaftLogOptions {
   std::string listen = "127.0.0.1:0";     // this node's raft address (HOST:PORT, an IP)
   std::map<uint64_t, std::string> peers;  // id -> raft address, this node included; at bootstrap
                                           // these are the voters (empty: join an existing cluster)
+  // Timing: a heartbeat every heartbeat_ticks; a follower that hears no leader campaigns after
+  // tick_ms * [election_ticks, 2 * election_ticks). `haven server` sets both from --raft-tick and
+  // --election-timeout (docs/cluster.md "Failover timing" says how those defaults were chosen).
   int64_t tick_ms = 100;
-  int election_ticks = 10;  // election timeout = tick_ms * [election_ticks, 2 * election_ticks)
+  int election_ticks = 10;
   int heartbeat_ticks = 1;
+  // A follower that has not heard its leader for two heartbeat intervals tries a TCP connect to
+  // the leader's raft port; refused means the process is gone, and the follower campaigns within
+  // unreachable_campaign_ticks instead of an election timeout (raft::RawNode::LeaderUnreachable).
+  bool probe_leader = true;
+  int unreachable_campaign_ticks = 3;
   int64_t proposal_timeout_ms = 5'000;  // a proposal not committed by then fails (outcome unknown)
   // A pending proposal is answered (outcome unknown, safe to retry with the same request id) once
   // no leader has been heard from for this long: a client learns about a dead leader within about

@@ -72,6 +72,21 @@ void HandOffLeadership(RegistryNode& node, net::IoRuntime& io) {
   HLOG_INFO("leadership_handoff", "ok={} error=\"{}\"", s.ok(), s.ok() ? "" : s.ToString());
 }
 
+Status CheckRaftTiming(int64_t tick_ms, int64_t election_timeout_ms) {
+  if (tick_ms < 10 || tick_ms > 1000) {
+    return Status::InvalidArgument("--raft-tick must be from 10ms to 1s");
+  }
+  if (election_timeout_ms > 60'000) {
+    return Status::InvalidArgument("--election-timeout must be at most 60s");
+  }
+  // Fewer ticks leave no room for a late heartbeat; more make the tick pointless.
+  int64_t ticks = election_timeout_ms / tick_ms;
+  if (ticks < 5 || ticks > 10'000) {
+    return Status::InvalidArgument("--election-timeout must be 5 to 10000 times --raft-tick");
+  }
+  return Status::Ok();
+}
+
 Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text) {
   std::map<uint64_t, std::string> out;
   size_t start = 0;
@@ -166,9 +181,15 @@ int RunServer(const ServerOptions& opts) {
   node_opts.advertise_address =
       opts.advertise_address.empty() ? http->host : opts.advertise_address;
   node_opts.tombstone_ttl_ms = opts.tombstone_ttl_ms;
+  if (Status s = CheckRaftTiming(opts.raft_tick_ms, opts.election_timeout_ms); !s.ok()) {
+    HLOG_ERROR("bad_flag", "error=\"{}\"", s.message());
+    return 2;
+  }
   RaftLogOptions raft_opts;
   raft_opts.node_id = opts.raft_node_id;
   raft_opts.listen = opts.raft;
+  raft_opts.tick_ms = opts.raft_tick_ms;
+  raft_opts.election_ticks = static_cast<int>(opts.election_timeout_ms / opts.raft_tick_ms);
   if (opts.join) {
     if (!opts.peers.empty()) {
       HLOG_ERROR("bad_flag", "flag=--join error=\"--join and --peers exclude each other\"");

@@ -27,7 +27,16 @@ struct ServerOptions {
   // Join an existing cluster: no bootstrap voters; the membership comes from the leader once a
   // member adds this node (`haven cluster add`). Excludes --peers.
   bool join = false;
+  // Raft timing: a heartbeat every tick; a follower that hears no leader campaigns after
+  // [1, 2) x election_timeout_ms (sooner when the leader's process is seen gone). Checked by
+  // CheckRaftTiming.
+  int64_t raft_tick_ms = 50;
+  int64_t election_timeout_ms = 1500;
 };
+
+// Limits of the raft timing flags: a tick of 10 ms to 1 s, an election timeout of 5 to 10000
+// ticks and at most 60 s. InvalidArgument naming the flag otherwise.
+Status CheckRaftTiming(int64_t tick_ms, int64_t election_timeout_ms);
 
 // Parses --peers ("1=127.0.0.1:8301,2=127.0.0.1:8302"): ids >= 1, unique, each with HOST:PORT.
 Result<std::map<uint64_t, std::string>> ParsePeers(const std::string& text);

@@ -35,6 +35,10 @@ Status Raft::ValidateConfig(const Config& c) {
   }
   if (c.election_tick > 1000000)
     return Status::InvalidArgument("raft config: election_tick too big");
+  if (c.unreachable_campaign_ticks <= 0 || c.unreachable_campaign_ticks > c.election_tick) {
+    return Status::InvalidArgument(
+        "raft config: unreachable_campaign_ticks must be in [1, election_tick]");
+  }
   if (c.max_inflight_msgs == 0 || c.max_inflight_bytes == 0 || c.max_msg_bytes == 0 ||
       c.max_uncommitted_bytes == 0 || c.snapshot_chunk_bytes == 0) {
     return Status::InvalidArgument("raft config: limits must be positive");
@@ -141,6 +145,13 @@ uint64_t Raft::NextRandom() {
 }
 
 void Raft::ResetRandomizedTimeout() {
+  if (leader_lost_) {
+    // The leader is known dead: no lease to wait out. A split vote between two such followers
+    // is retried as quickly, with a fresh random delay each.
+    randomized_timeout_ =
+        1 + static_cast<int>(NextRandom() % uint64_t(config_.unreachable_campaign_ticks));
+    return;
+  }
   randomized_timeout_ =
       config_.election_tick + static_cast<int>(NextRandom() % uint64_t(config_.election_tick));
 }
@@ -161,6 +172,7 @@ void Raft::ResetForTerm(uint64_t term) {
 }
 
 void Raft::BecomeFollower(uint64_t term, uint64_t lead) {
+  if (lead != 0) leader_lost_ = false;
   ResetForTerm(term);
   lead_ = lead;
   role_ = Role::kFollower;
@@ -185,6 +197,7 @@ void Raft::BecomeCandidate() {
 }
 
 void Raft::BecomeLeader() {
+  leader_lost_ = false;
   ResetForTerm(term_);
   lead_ = config_.id;
   role_ = Role::kLeader;
@@ -301,6 +314,16 @@ void Raft::Campaign() {
   // Applying a committed conf change first keeps one-at-a-time changes safe.
   if (HasUnappliedConfChange()) return;
   StartCampaign(config_.pre_vote ? CampaignKind::kPreElection : CampaignKind::kElection);
+}
+
+void Raft::LeaderUnreachable(uint64_t id) {
+  if (id == 0 || id != lead_ || role_ != Role::kFollower || id == config_.id) return;
+  HLOG_DEBUG("raft_leader_unreachable", "group={} id={} term={} leader={}", config_.group,
+             config_.id, term_, id);
+  leader_lost_ = true;
+  lead_ = 0;  // no lease any more: InLease() is false, votes are granted
+  election_elapsed_ = 0;
+  ResetRandomizedTimeout();
 }
 
 void Raft::StartCampaign(CampaignKind kind) {
@@ -489,6 +512,10 @@ void Raft::StepCandidate(const pb::Message& m) {
 }
 
 void Raft::StepFollower(const pb::Message& m) {
+  if (IsLeaderMessage(m.type()) && leader_lost_) {
+    leader_lost_ = false;  // a leader is heard again: back to the full election timeout
+    ResetRandomizedTimeout();
+  }
   switch (m.type()) {
     case pb::MSG_APP:
       election_elapsed_ = 0;

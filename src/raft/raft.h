@@ -42,6 +42,7 @@ class Raft final : public RawNode {
   void ReadIndex(std::string context) override;
   void TransferLeadership(uint64_t to) override;
   void Campaign() override;
+  void LeaderUnreachable(uint64_t id) override;
   bool HasReady() const override;
   Ready GetReady() override;
   void Advance(const Ready& ready) override;
@@ -149,6 +150,7 @@ class Raft final : public RawNode {
   int election_elapsed_ = 0;
   int heartbeat_elapsed_ = 0;
   int randomized_timeout_ = 0;
+  bool leader_lost_ = false;  // LeaderUnreachable: campaign soon until a leader is heard again
   uint64_t rng_state_ = 0;
 
   std::map<uint64_t, bool> votes_;

@@ -29,6 +29,9 @@ struct Config {
   bool pre_vote = true;      // a node campaigns only after a pre-vote majority (no term inflation)
   bool check_quorum = true;  // a leader not heard from by a quorum within an election timeout
                              // steps down; followers ignore votes while they hear a leader
+  // After LeaderUnreachable, a follower campaigns within [1, this] ticks (randomized, so that two
+  // followers that saw the same death rarely split the vote) instead of an election timeout.
+  int unreachable_campaign_ticks = 3;
   size_t max_inflight_msgs = 256;             // MsgApp per follower not yet acknowledged
   uint64_t max_inflight_bytes = 16 << 20;     // entry bytes per follower not yet acknowledged
   uint64_t max_msg_bytes = 1 << 20;           // entry bytes per MsgApp (at least one entry)
@@ -146,6 +149,12 @@ class RawNode {
   virtual void TransferLeadership(uint64_t to) = 0;
   // Starts an election now (tests, and a single-node cluster's first leadership).
   virtual void Campaign() = 0;
+  // The shell knows that leader `id` is gone (its process refuses connections): this follower
+  // drops the leader's lease now, so it grants votes and campaigns within
+  // unreachable_campaign_ticks instead of waiting out an election timeout. A node that still hears
+  // the leader keeps refusing votes, so a wrong report cannot depose a live leader. Ignored unless
+  // this node is a follower of `id`; cleared by the next message from a leader.
+  virtual void LeaderUnreachable(uint64_t id) = 0;
 
   virtual bool HasReady() const = 0;
   virtual Ready GetReady() = 0;

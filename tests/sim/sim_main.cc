@@ -20,6 +20,7 @@ struct Args {
   bool unsafe = false;
   bool figure8 = false;
   bool strict = false;
+  bool detect = false;  // dead-leader detection, with wrong reports too
   haven::sim::WorkloadKind workload = haven::sim::WorkloadKind::kRegistry;
   haven::sim::QueueBug bug = haven::sim::QueueBug::kNone;
 };
@@ -28,7 +29,7 @@ void Usage() {
   std::cerr << "usage: haven-sim [--seeds N --from S | --seed S [--trace]] [--nodes 3|5]\n"
                "                 [--steps TICKS] [--unsafe-commit-old-terms] [--figure8]\n"
                "                 [--strict-core] [--workload registry|queues]\n"
-               "                 [--queue-bug ack-keeps|requeue-drops]\n";
+               "                 [--queue-bug ack-keeps|requeue-drops] [--detect-leader-death]\n";
 }
 
 bool ParseNumber(const char* s, int64_t lo, int64_t hi, int64_t* out) {
@@ -74,6 +75,8 @@ bool Parse(int argc, char** argv, Args* a) {
       a->figure8 = true;
     } else if (f == "--strict-core") {
       a->strict = true;
+    } else if (f == "--detect-leader-death") {
+      a->detect = true;
     } else if (f == "--workload" && i + 1 < argc) {
       std::string w = argv[++i];
       if (w != "registry" && w != "queues") {
@@ -106,6 +109,10 @@ haven::sim::SimOptions OptionsFor(const Args& a, uint64_t seed) {
   o.trace = a.trace;
   o.core_workarounds = !a.strict;
   if (a.figure8) o.faults = haven::sim::Figure8Faults();
+  if (a.detect) {
+    o.faults.detect_leader_death = true;
+    o.faults.p_false_unreachable = 0.1;
+  }
   o.workload = a.workload;
   o.queue_bug = a.bug;
   return o;
@@ -118,6 +125,7 @@ std::string ReplayCommand(const Args& a, const haven::sim::SimOptions& o) {
   if (a.unsafe) cmd += " --unsafe-commit-old-terms";
   if (a.figure8) cmd += " --figure8";
   if (a.strict) cmd += " --strict-core";
+  if (a.detect) cmd += " --detect-leader-death";
   if (a.workload == haven::sim::WorkloadKind::kQueues) cmd += " --workload queues";
   if (a.bug == haven::sim::QueueBug::kAckKeepsMessage) cmd += " --queue-bug ack-keeps";
   if (a.bug == haven::sim::QueueBug::kRequeueDrops) cmd += " --queue-bug requeue-drops";

@@ -209,6 +209,7 @@ class World : public Cluster {
   raft::Config MakeConfig(const Node& n) const;
   void Start(Node& n);
   void Crash(Node& n, const char* why);
+  void ReportGoneLater(uint64_t gone, uint64_t inc);
   void Retire(Node& n);
   uint64_t AddNode();
   void ScheduleTick(Node& n, int64_t delay);
@@ -250,6 +251,7 @@ class World : public Cluster {
   std::ostream* trace_;
   SimResult result_;
   int64_t now_ = 0;
+  int64_t leader_crashed_at_ = -1;  // a leader crashed and no election was won since
   uint64_t seq_ = 0;
   std::map<std::pair<int64_t, uint64_t>, std::function<void()>> queue_;
   std::deque<Node> nodes_;  // a deque: adding a node keeps references to the others valid
@@ -337,6 +339,11 @@ void World::Start(Node& n) {
 
 void World::Crash(Node& n, const char* why) {
   if (!n.up) return;
+  if (n.role == raft::Role::kLeader) {
+    result_.stats.leader_crashes++;
+    if (leader_crashed_at_ < 0) leader_crashed_at_ = now_;
+  }
+  if (f_.detect_leader_death) ReportGoneLater(n.id, n.incarnation + 1);
   w_->OnNodeLost(n.id);
   n.up = false;
   n.raft.reset();
@@ -346,6 +353,23 @@ void World::Crash(Node& n, const char* why) {
   n.disk.Crash(rng_);
   result_.stats.crashes++;
   Trace("crash node=", n.id, " why=", why, " unsynced_writes=", before);
+}
+
+// What the shell's probe does: each live node learns, a little later, that `gone` refuses
+// connections, if it is still down (in life `inc`, the one that starts with this crash).
+void World::ReportGoneLater(uint64_t gone, uint64_t inc) {
+  for (auto& m : nodes_) {
+    if (m.id == gone || !m.up) continue;
+    uint64_t id = m.id, minc = m.incarnation;
+    At(now_ + rng_.Range(f_.min_detect_us, f_.max_detect_us), [this, id, minc, gone, inc] {
+      Node& x = N(id);
+      if (!x.up || x.incarnation != minc || N(gone).up || N(gone).incarnation != inc) return;
+      result_.stats.unreachable_reports++;
+      Trace("leader-unreachable node=", id, " gone=", gone);
+      x.raft->LeaderUnreachable(gone);
+      Pump(x);
+    });
+  }
 }
 
 void World::Retire(Node& n) {
@@ -393,6 +417,13 @@ void World::NoteRole(Node& n, const raft::SoftState& s) {
          " and " + std::to_string(n.id));
   }
   result_.stats.elections++;
+  if (leader_crashed_at_ >= 0) {
+    int64_t took = now_ - leader_crashed_at_;
+    result_.stats.failovers++;
+    result_.stats.failover_us_total += took;
+    result_.stats.failover_us_max = std::max(result_.stats.failover_us_max, took);
+    leader_crashed_at_ = -1;
+  }
   Trace("elected node=", n.id, " term=", term);
   CheckLeaderCompleteness(n, term);
   if (Faulty() && rng_.Chance(f_.p_isolate_new_leader)) IsolateOutbound(n.id);
@@ -634,6 +665,16 @@ void World::FaultStep() {
   if (!live.empty() && rng_.Chance(f_.p_crash)) crash(rng_.Pick(live), "random");
   if (rng_.Chance(f_.p_crash_leader)) crash(Leader(), "leader");
   if (rng_.Chance(f_.p_partition)) Partition();
+  if (f_.p_false_unreachable > 0 && rng_.Chance(f_.p_false_unreachable)) {
+    Node& n = N(RandomNode());
+    uint64_t lead = n.up ? n.raft->status().leader : 0;
+    if (lead != 0 && lead != n.id) {
+      result_.stats.unreachable_reports++;
+      Trace("leader-unreachable node=", n.id, " gone=", lead, " (wrong: it is alive)");
+      n.raft->LeaderUnreachable(lead);
+      Pump(n);
+    }
+  }
   if (rng_.Chance(f_.p_compact)) {
     Node& n = N(RandomNode());
     if (n.up && !n.syncing) Compact(n);

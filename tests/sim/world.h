@@ -36,7 +36,14 @@ struct FaultProfile {
   int64_t min_down_us = 50'000, max_down_us = 800'000;  // crash -> restart
   int64_t min_partition_us = 50'000, max_partition_us = 1'500'000;
   double max_drift = 0.05;  // a node's tick period is off by up to this fraction
-  int max_down = -1;        // nodes crashed at once; -1 = a minority (nodes / 2)
+  // The shell's leader-death detection (RawNode::LeaderUnreachable): each live node is told that
+  // a crashed node is gone after [min_detect_us, max_detect_us] (its probe of the leader's port
+  // was refused). Off by default so that the seeds of the default mix stay as they were.
+  bool detect_leader_death = false;
+  int64_t min_detect_us = 20'000, max_detect_us = 80'000;
+  // A wrong report: a random node is told its live leader is gone (must stay harmless).
+  double p_false_unreachable = 0.0;
+  int max_down = -1;  // nodes crashed at once; -1 = a minority (nodes / 2)
 };
 
 // The replicated state machine and the clients that drive it.
@@ -80,6 +87,9 @@ struct SimStats {
   uint64_t ops_ok = 0, ops_unknown = 0, lin_steps = 0;
   // Queue workload: confirmed publishes, deliveries (redelivered ones too) and acks applied.
   uint64_t confirmed = 0, deliveries = 0, redeliveries = 0, acks = 0;
+  // Leader crashes and how long until the next election won (simulated time).
+  uint64_t leader_crashes = 0, failovers = 0, unreachable_reports = 0;
+  int64_t failover_us_total = 0, failover_us_max = 0;
   bool lin_undecided = false;  // the checker hit its budget: not a failure, but not a proof
   int64_t sim_time_us = 0;
 };

@@ -384,6 +384,11 @@ TEST(RaftNode, CreateRejectsBadInput) {
   c.heartbeat_tick = 10;
   EXPECT_FALSE(RawNode::Create(c, st).ok());  // heartbeat >= election
   c.heartbeat_tick = 1;
+  c.unreachable_campaign_ticks = 0;
+  EXPECT_FALSE(RawNode::Create(c, st).ok());  // campaign delay after LeaderUnreachable < 1
+  c.unreachable_campaign_ticks = c.election_tick + 1;
+  EXPECT_FALSE(RawNode::Create(c, st).ok());  // ... or beyond the election timeout
+  c.unreachable_campaign_ticks = 3;
   st.entries = {E(2, 1)};
   EXPECT_FALSE(RawNode::Create(c, st).ok());  // does not follow the (empty) snapshot
   st.entries = {E(1, 1)};
@@ -557,6 +562,89 @@ TEST(RaftNode, WithoutPreVoteARejoiningNodeDisruptsTheTerm) {
   net.Tick(50);
   EXPECT_NE(net.Leader(), 0u);
   EXPECT_GT(net.node(net.Leader()).status().term, term);
+}
+
+// Ticks until a node other than `old` leads, at most `limit`; -1 if none did.
+int TicksToNewLeader(Net& net, uint64_t old, int limit) {
+  for (int t = 0; t <= limit; ++t) {
+    uint64_t l = net.Leader();
+    if (l != 0 && l != old) return t;
+    net.Tick();
+  }
+  return -1;
+}
+
+TEST(RaftNode, LeaderUnreachableElectsWithinAFewTicks) {
+  // Both followers see the crash at the same tick (the worst case for a split vote): a new
+  // leader comes within a few ticks for every seed, against an election timeout (10-19 ticks)
+  // without the report.
+  int worst = 0;
+  int without_best = 1 << 20;
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    for (bool report : {true, false}) {
+      Config c;
+      c.seed = seed;
+      Net net({1, 2, 3}, c);
+      uint64_t l = net.ElectLeader();
+      net.Tick(3);
+      net.Crash(l);
+      if (report) {
+        for (uint64_t id : {1, 2, 3}) {
+          if (id != l) net.node(id).LeaderUnreachable(l);
+        }
+      }
+      int ticks = TicksToNewLeader(net, l, 100);
+      ASSERT_GE(ticks, 0) << "seed " << seed;
+      EXPECT_EQ(net.CountLeaders(), 1);
+      if (report) {
+        worst = std::max(worst, ticks);
+      } else {
+        without_best = std::min(without_best, ticks);
+      }
+    }
+  }
+  EXPECT_LE(worst, 3 * Config{}.unreachable_campaign_ticks + 2);
+  EXPECT_GE(without_best, Config{}.election_tick);
+}
+
+TEST(RaftNode, LeaderUnreachableIsIgnoredUnlessFollowingThatLeader) {
+  Net net({1, 2, 3});
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 1 ? 2 : 1;
+  uint64_t other = 6 - l - f;
+  net.node(f).LeaderUnreachable(other);  // not its leader
+  net.node(l).LeaderUnreachable(l);      // a leader about itself
+  EXPECT_EQ(net.node(f).status().leader, l);
+  EXPECT_EQ(net.node(l).status().role, Role::kLeader);
+  net.node(f).LeaderUnreachable(l);
+  EXPECT_EQ(net.node(f).status().leader, 0u) << "the lease is dropped at once";
+  net.Tick();
+  EXPECT_EQ(net.node(f).status().leader, l) << "the next heartbeat restores it";
+}
+
+TEST(RaftNode, WrongLeaderUnreachableCannotDeposeALiveLeader) {
+  // f is cut off from a live leader and told it is gone: it campaigns at once, but the other
+  // follower still hears the leader and refuses, so the term and the leader stay.
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    Config c;
+    c.seed = seed;
+    Net net({1, 2, 3}, c);
+    uint64_t l = net.ElectLeader();
+    uint64_t f = l == 3 ? 2 : 3;
+    uint64_t term = net.node(l).status().term;
+    net.Cut(l, f);
+    net.node(f).LeaderUnreachable(l);
+    net.Tick(8);  // under an election timeout: the others' leases hold
+    EXPECT_NE(net.node(f).status().role, Role::kFollower) << "it campaigned early";
+    EXPECT_EQ(net.node(f).status().term, term) << "pre-vote refused: no term change";
+    EXPECT_EQ(net.Leader(), l);
+    net.Heal();
+    net.Tick(5);
+    EXPECT_EQ(net.Leader(), l);
+    EXPECT_EQ(net.node(l).status().term, term);
+    EXPECT_EQ(net.node(f).status().leader, l);
+    EXPECT_EQ(net.node(f).status().role, Role::kFollower);
+  }
 }
 
 TEST(RaftNode, CheckQuorumLeaderStepsDownWhenCutOff) {

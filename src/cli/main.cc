@@ -64,6 +64,12 @@ int Main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
 
+  server
+      ->add_option("--mq-window", server_opts.mq_window,
+                   "Ready messages each queue keeps in memory; the rest wait on disk")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, haven::node::kMaxMqWindow));
+
   haven::cli::ClientOptions client_opts;
   const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");
   if (env_addr && *env_addr) client_opts.addr = env_addr;

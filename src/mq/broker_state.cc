@@ -1261,6 +1261,12 @@ Status BrokerState::RestoreReady(const pb::QueueState& qs, Queue& q) {
       qs.spilled() > next_message_id_ || q.ready.empty()) {
     return Status::InvalidArgument("snapshot: bad spill position in queue " + name);
   }
+  if (spill_->Read(q.uid, qs.spill_cursor(), 1).empty()) {
+    // A local snapshot made elsewhere: its spilled messages are on the node that took it.
+    return Status::InvalidArgument("snapshot: the " + std::to_string(qs.spilled()) +
+                                   " spilled messages of queue " + name +
+                                   " are not in this node's spill");
+  }
   q.spilled = qs.spilled();
   q.spilled_bytes = qs.spilled_bytes();
   q.spill_cursor = qs.spill_cursor();

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 #include "net/io_runtime.h"
@@ -24,6 +25,9 @@ struct MachineHooks {
   // `state` is empty for a snapshot taken before this machine existed: start empty.
   std::function<void(uint64_t index, const std::string& state)> restore;
   std::function<void(bool leader)> on_leadership;  // may be empty
+  // The snapshot taken at `index` is on disk (a restart starts from it or a later one); may be
+  // empty. Called on a later apply, in index order.
+  std::function<void(uint64_t index)> snapshot_durable;
 };
 
 class NodeLog {
@@ -51,9 +55,12 @@ class NodeLog {
   void Apply(uint64_t index, Machine machine, const std::string& data);
   void Restore(uint64_t index, const std::string& state);
   void MaybeSnapshot(uint64_t index);
+  void NoteDurableSnapshots();
 
+  storage::LogStore& store_;
   net::IoRuntime& executor_;
   uint64_t snapshot_every_;
+  std::vector<uint64_t> saving_;  // snapshots handed to the log, not yet seen on disk
   std::map<Machine, MachineHooks> machines_;
   std::function<void(const std::string&, RaftLogCallbacks::Reply)> leader_requests_;
   std::unique_ptr<RaftLog> raft_;

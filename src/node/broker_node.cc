@@ -156,10 +156,13 @@ void BrokerNode::MaybeProposeDispatch() {
 std::string BrokerNode::TakeSnapshot() {
   mq::SnapshotForm form = mq::SnapshotForm::kFull;
   const uint64_t spilled = state_.spilled_bytes();
-  if (opts_.spill != nullptr && spilled > opts_.max_snapshot_spill_bytes) {
+  const bool cluster = IsCluster();
+  const uint64_t limit =
+      cluster ? opts_.max_snapshot_spill_bytes : opts_.max_single_snapshot_spill_bytes;
+  if (opts_.spill != nullptr && spilled > limit) {
     if (Status s = opts_.spill->Sync(); s.ok()) {
       form = mq::SnapshotForm::kLocal;
-      NoteLocalSnapshot(spilled);
+      NoteLocalSnapshot(spilled, limit, cluster);
     } else {
       HLOG_ERROR("mq_spill_sync_failed", "error=\"{}\" fallback=full_snapshot", s.ToString());
     }
@@ -171,19 +174,23 @@ std::string BrokerNode::TakeSnapshot() {
 }
 
 // A snapshot without the spilled messages is fine on this node but useless to one that has none.
-void BrokerNode::NoteLocalSnapshot(uint64_t spilled_bytes) {
+bool BrokerNode::IsCluster() const {
+  if (!opts_.raft_status) return false;
+  const raft::NodeStatus st = opts_.raft_status();
+  return st.conf.voters_size() + st.conf.learners_size() > 1;
+}
+
+void BrokerNode::NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster) {
   static metrics::Counter& local = metrics::Registry::Default().GetCounter(
       "haven_mq_snapshot_without_spill_total",
       "Snapshots that hold only the queues' in-memory windows (their spilled messages were over "
       "the limit a snapshot carries)");
   local.Inc();
-  if (!opts_.raft_status) return;
-  const raft::NodeStatus st = opts_.raft_status();
-  if (st.conf.voters_size() + st.conf.learners_size() <= 1) return;
+  if (!cluster) return;
   HLOG_ERROR("mq_snapshot_without_spill",
              "spilled_bytes={} limit={} effect=\"a member that needs this snapshot cannot install "
              "the queues (sending spilled messages in chunks is not done yet)\"",
-             spilled_bytes, opts_.max_snapshot_spill_bytes);
+             spilled_bytes, limit);
 }
 
 Status BrokerNode::Restore(const std::string& snapshot) {

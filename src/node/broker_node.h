@@ -38,6 +38,9 @@ struct BrokerNodeOptions {
   // new member, can install it) while they are at most this many body bytes; beyond, it holds
   // the windows only. Raft's transport sends a snapshot in one frame of at most 64 MiB.
   uint64_t max_snapshot_spill_bytes = uint64_t{16} << 20;
+  // The same for a cluster of one, where no follower needs it today: carrying them costs a read of
+  // the spill and their size in memory at every snapshot, but lets a member added later install it.
+  uint64_t max_single_snapshot_spill_bytes = uint64_t{1} << 20;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -90,7 +93,8 @@ class BrokerNode {
   BrokerConnectionSink* SinkFor(const std::string& consumer_id);
   void NotifyDropped(const mq::pb::DropOwner& drop);
   void MaybeProposeDispatch();
-  void NoteLocalSnapshot(uint64_t spilled_bytes);
+  bool IsCluster() const;
+  void NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster);
   void ArmExpiryTimer();
   void OnExpiryTimer();
   void DropGoneMembers();

@@ -77,6 +77,11 @@ int Main(int argc, char** argv) {
                    "A follower that hears no leader campaigns after 1-2x this (5-10000 ticks, at "
                    "most 60s); within 3 ticks when the leader's raft port refuses connections")
       ->capture_default_str();
+  server
+      ->add_option("--mq-window", server_opts.mq_window,
+                   "Ready messages each queue keeps in memory; the rest wait on disk")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, haven::node::kMaxMqWindow));
 
   haven::cli::ClientOptions client_opts;
   const char* env_addr = std::getenv("HAVEN_HTTP_ADDR");

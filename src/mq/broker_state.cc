@@ -147,7 +147,15 @@ struct BrokerState::Ctx {
   }
 };
 
-BrokerState::BrokerState(BrokerOptions options) : options_(options) { InitDefaults(); }
+BrokerState::BrokerState(BrokerOptions options, MessageSpill* spill)
+    : options_(options), spill_(spill) {
+  options_.window = std::max<size_t>(options_.window, 1);
+  if (spill_ == nullptr) {
+    owned_spill_ = std::make_unique<MemorySpill>();
+    spill_ = owned_spill_.get();
+  }
+  InitDefaults();
+}
 
 void BrokerState::InitDefaults() {
   for (const auto& [name, type] :
@@ -459,7 +467,7 @@ void BrokerState::DeclareQueue(const pb::DeclareQueue& c, Ctx& ctx) {
     if (!c.passive()) {
       if (std::string text = Inequivalence(q->def, c); !text.empty()) return ctx.Precondition(text);
     }
-    ctx.r->message_count = q->ready.size();
+    ctx.r->message_count = ReadyCount(*q);
     ctx.r->consumer_count = q->consumers.size();
     return;
   }
@@ -473,6 +481,7 @@ void BrokerState::DeclareQueue(const pb::DeclareQueue& c, Ctx& ctx) {
   if (queues_.size() >= options_.max_queues)
     return ctx.ResourceError("queues", options_.max_queues);
   Queue& q = queues_[c.name()];
+  q.uid = next_queue_uid_++;
   q.def.set_name(c.name());
   q.def.set_durable(c.durable());
   q.def.set_exclusive_owner(c.exclusive() ? c.owner() : "");
@@ -488,19 +497,23 @@ void BrokerState::DeleteQueue(const pb::DeleteQueue& c, Ctx& ctx) {
   if (c.if_unused() && !q->consumers.empty()) {
     return ctx.Precondition("queue " + Q(c.name()) + kVhost + " in use");
   }
-  if (c.if_empty() && !q->ready.empty()) {
+  if (c.if_empty() && ReadyCount(*q) != 0) {
     return ctx.Precondition("queue " + Q(c.name()) + kVhost + " not empty");
   }
-  ctx.r->message_count = q->ready.size();
+  ctx.r->message_count = ReadyCount(*q);
   DeleteQueueNow(c.name(), ctx);
 }
 
 void BrokerState::PurgeQueue(const pb::PurgeQueue& c, Ctx& ctx) {
   Queue* q = QueueForUse(c.name(), c.owner(), ctx);
   if (q == nullptr) return;
-  ctx.r->message_count = q->ready.size();
+  ctx.r->message_count = ReadyCount(*q);
   q->ready.clear();
   q->ready_bytes = 0;
+  // The spilled records stay (a replay may read them) but are skipped from now on.
+  q->spilled = 0;
+  q->spilled_bytes = 0;
+  q->spill_cursor = next_message_id_;
 }
 
 // Cancels the queue's consumers (their unacked messages go with the queue, as in RabbitMQ),
@@ -663,9 +676,9 @@ bool BrokerState::EnqueueOne(Queue& q, std::shared_ptr<const Payload> payload,
                              std::optional<int64_t> expiration_ms, Ctx& ctx) {
   const pb::QueueArgs& a = q.def.args();
   const uint64_t size = payload->body.size();
-  if (q.ready.size() + q.unacked >= options_.max_queue_messages) return false;
+  if (ReadyCount(q) + q.unacked >= options_.max_queue_messages) return false;
   if (a.overflow() == pb::OVERFLOW_REJECT_PUBLISH) {
-    if (a.has_max_length() && q.ready.size() >= static_cast<uint64_t>(a.max_length())) {
+    if (a.has_max_length() && ReadyCount(q) >= static_cast<uint64_t>(a.max_length())) {
       return false;
     }
     if (a.has_max_length_bytes() &&
@@ -680,8 +693,7 @@ bool BrokerState::EnqueueOne(Queue& q, std::shared_ptr<const Payload> payload,
   // 0 means "never"; a message that expires at the epoch is pushed one ms later.
   if (ttl) m.expires_at_unix_ms = std::max<int64_t>(SaturatingAdd(ctx.now, *ttl), 1);
   m.payload = std::move(payload);
-  q.ready.push_back(std::move(m));
-  q.ready_bytes += size;
+  PushBack(q, std::move(m));
   q.counters.set_published(q.counters.published() + 1);
   ctx.dirty.insert(q.def.name());
   EnforceMaxLength(q, ctx);
@@ -693,14 +705,12 @@ void BrokerState::EnforceMaxLength(Queue& q, Ctx& ctx) {
   const pb::QueueArgs& a = q.def.args();
   if (a.overflow() != pb::OVERFLOW_DROP_HEAD) return;
   auto over = [&] {
-    return (a.has_max_length() && q.ready.size() > static_cast<uint64_t>(a.max_length())) ||
+    return (a.has_max_length() && ReadyCount(q) > static_cast<uint64_t>(a.max_length())) ||
            (a.has_max_length_bytes() &&
             q.ready_bytes > static_cast<uint64_t>(a.max_length_bytes()));
   };
   while (!q.ready.empty() && over()) {
-    StoredMessage m = std::move(q.ready.front());
-    q.ready.pop_front();
-    q.ready_bytes -= Size(m);
+    StoredMessage m = PopFront(q);
     DeadLetter(q, std::move(m), pb::DEAD_LETTER_MAXLEN, ctx);
   }
 }
@@ -951,15 +961,13 @@ void BrokerState::Get(const pb::Get& c, Ctx& ctx) {
     holder->queue = c.queue();
     holder->pull = true;
   }
-  StoredMessage m = std::move(q->ready.front());
-  q->ready.pop_front();
-  q->ready_bytes -= Size(m);
+  StoredMessage m = PopFront(*q);
   q->counters.set_delivered(q->counters.delivered() + 1);
   if (m.redelivered) q->counters.set_redelivered(q->counters.redelivered() + 1);
-  Delivery d{c.consumer_id(), c.queue(), m.id, m.redelivered, m.delivery_count, true,
-             q->ready.size(), m.payload};
+  Delivery d{c.consumer_id(),  c.queue(), m.id,           m.redelivered,
+             m.delivery_count, true,      ReadyCount(*q), m.payload};
   ctx.r->deliveries.push_back(std::move(d));
-  ctx.r->message_count = q->ready.size();
+  ctx.r->message_count = ReadyCount(*q);
   if (holder != nullptr) {
     ++q->unacked;
     q->unacked_bytes += Size(m);
@@ -973,10 +981,7 @@ void BrokerState::ExpireAll(Ctx& ctx) {
 
 void BrokerState::ExpireHead(Queue& q, Ctx& ctx) {
   while (!q.ready.empty() && Expired(q.ready.front(), ctx.now)) {
-    StoredMessage m = std::move(q.ready.front());
-    q.ready.pop_front();
-    q.ready_bytes -= Size(m);
-    DeadLetter(q, std::move(m), pb::DEAD_LETTER_EXPIRED, ctx);
+    DeadLetter(q, PopFront(q), pb::DEAD_LETTER_EXPIRED, ctx);
   }
 }
 
@@ -1022,9 +1027,7 @@ bool BrokerState::HasCapacity(const Consumer& c) const {
 }
 
 void BrokerState::Deliver(Queue& q, Consumer& c, Ctx& ctx) {
-  StoredMessage m = std::move(q.ready.front());
-  q.ready.pop_front();
-  q.ready_bytes -= Size(m);
+  StoredMessage m = PopFront(q);
   q.counters.set_delivered(q.counters.delivered() + 1);
   if (m.redelivered) q.counters.set_redelivered(q.counters.redelivered() + 1);
   Delivery d{c.id, q.def.name(), m.id, m.redelivered, m.delivery_count, false, 0, m.payload};
@@ -1035,11 +1038,97 @@ void BrokerState::Deliver(Queue& q, Consumer& c, Ctx& ctx) {
   c.unacked.emplace(m.id, std::move(m));
 }
 
+// ---- the window and the spill ----
+
+uint64_t BrokerState::ReadyCount(const Queue& q) { return q.ready.size() + q.spilled; }
+
+// Order is kept: once anything is spilled, later messages queue behind it in the spill.
+void BrokerState::PushBack(Queue& q, StoredMessage m) {
+  q.ready_bytes += Size(m);
+  if (q.spilled == 0 && q.ready.size() < options_.window) {
+    q.ready.push_back(std::move(m));
+    return;
+  }
+  if (q.spilled == 0) q.spill_cursor = m.id;
+  ++q.spilled;
+  q.spilled_bytes += Size(m);
+  spill_->Append(q.uid, m.id, ToProto(m).SerializeAsString());
+}
+
+StoredMessage BrokerState::PopFront(Queue& q) {
+  StoredMessage m = std::move(q.ready.front());
+  q.ready.pop_front();
+  q.ready_bytes -= Size(m);
+  Refill(q);
+  return m;
+}
+
+// Keeps the window's head filled while anything is spilled: the head is always in memory. Reads
+// in batches of half a window so that a refill costs one spill read per window/2 messages.
+void BrokerState::Refill(Queue& q) {
+  if (q.spilled == 0 || q.ready.size() > options_.window / 2) return;
+  const uint64_t want = std::min<uint64_t>(q.spilled, options_.window - q.ready.size());
+  std::vector<pb::Message> read = ReadSpilled(q, std::max<uint64_t>(want, 1));
+  for (const pb::Message& pm : read) {
+    StoredMessage m = FromProto(pm);
+    q.spilled_bytes -= Size(m);
+    q.ready.push_back(std::move(m));
+  }
+  q.spilled -= read.size();
+  if (!read.empty()) q.spill_cursor = read.back().id() + 1;
+  if (read.size() < want) {
+    // The spill lost records (a node whose local snapshot expects records it never had): the
+    // messages are gone; keep the counts true rather than wait for them forever.
+    q.ready_bytes -= q.spilled_bytes;
+    q.counters.set_dropped(q.counters.dropped() + q.spilled);
+    q.spilled = 0;
+    q.spilled_bytes = 0;
+  }
+}
+
+std::vector<pb::Message> BrokerState::ReadSpilled(const Queue& q, uint64_t max_count) const {
+  std::vector<pb::Message> out;
+  if (q.spilled == 0 || max_count == 0) return out;
+  auto records = spill_->Read(q.uid, q.spill_cursor, std::min(q.spilled, max_count));
+  out.reserve(records.size());
+  for (auto& [id, record] : records) {
+    pb::Message& m = out.emplace_back();
+    if (!m.ParseFromString(record) || m.id() != id) {
+      out.pop_back();
+      break;  // corrupt: treated as lost from here on
+    }
+  }
+  return out;
+}
+
+SpillKeep BrokerState::SpillKeepNow() const {
+  SpillKeep keep;
+  keep.next_queue_uid = next_queue_uid_;
+  for (const auto& [name, q] : queues_) {
+    // A queue with nothing spilled needs none of its records: later ones have ids >= next id.
+    keep.first_kept_id[q.uid] = q.spilled != 0 ? q.spill_cursor : next_message_id_;
+  }
+  return keep;
+}
+
+uint64_t BrokerState::spilled_messages() const {
+  uint64_t n = 0;
+  for (const auto& [name, q] : queues_) n += q.spilled;
+  return n;
+}
+
+uint64_t BrokerState::spilled_bytes() const {
+  uint64_t n = 0;
+  for (const auto& [name, q] : queues_) n += q.spilled_bytes;
+  return n;
+}
+
 // ---- snapshot ----
 
-pb::Snapshot BrokerState::TakeSnapshot() const {
+pb::Snapshot BrokerState::TakeSnapshot(SnapshotForm form) const {
   pb::Snapshot snap;
   snap.set_last_applied(last_applied_);
+  snap.set_next_queue_uid(next_queue_uid_);
   snap.set_next_message_id(next_message_id_);
   snap.set_dispatch_pending(dispatch_pending_);
   for (const auto& [name, e] : exchanges_) *snap.add_exchanges() = e;
@@ -1065,7 +1154,15 @@ pb::Snapshot BrokerState::TakeSnapshot() const {
   for (const auto& [name, q] : queues_) {
     pb::QueueState* qs = snap.add_queues();
     *qs->mutable_queue() = q.def;
+    qs->set_uid(q.uid);
     for (const StoredMessage& m : q.ready) *qs->add_ready() = ToProto(m);
+    if (form == SnapshotForm::kFull) {
+      for (pb::Message& m : ReadSpilled(q, q.spilled)) *qs->add_ready() = std::move(m);
+    } else if (q.spilled != 0) {
+      qs->set_spilled(q.spilled);
+      qs->set_spilled_bytes(q.spilled_bytes);
+      qs->set_spill_cursor(q.spill_cursor);
+    }
     for (const std::string& id : q.consumers) add_consumer(*qs, consumers_.at(id));
     for (const auto& [id, c] : consumers_) {
       if (c.pull && c.queue == name) add_consumer(*qs, c);
@@ -1080,6 +1177,7 @@ pb::Snapshot BrokerState::TakeSnapshot() const {
 void BrokerState::Clear() {
   last_applied_ = 0;
   next_message_id_ = 1;
+  next_queue_uid_ = 1;
   dispatch_pending_ = false;
   exchanges_.clear();
   bindings_.clear();
@@ -1090,23 +1188,25 @@ void BrokerState::Clear() {
 }
 
 Status BrokerState::Restore(const pb::Snapshot& snap) {
-  BrokerState next(options_);
+  BrokerState next(options_, spill_);
   next.Clear();
+  // Snapshots from before the spill carry no uids: number their queues from 1, as every
+  // replica restoring the same snapshot does.
+  next.next_queue_uid_ = std::max<uint64_t>(snap.next_queue_uid(), 1);
   next.last_applied_ = snap.last_applied();
   next.next_message_id_ = snap.next_message_id();
   next.dispatch_pending_ = snap.dispatch_pending();
   for (const pb::Exchange& e : snap.exchanges()) next.exchanges_[e.name()] = e;
+  std::set<uint64_t> uids;
   for (const pb::QueueState& qs : snap.queues()) {
     const std::string& name = qs.queue().name();
     Queue& q = next.queues_[name];
     q.def = qs.queue();
-    for (const pb::Message& m : qs.ready()) {
-      if (m.id() >= next.next_message_id_ || (!q.ready.empty() && q.ready.back().id >= m.id())) {
-        return Status::InvalidArgument("snapshot: bad message id in queue " + name);
-      }
-      q.ready.push_back(FromProto(m));
-      q.ready_bytes += m.body().size();
+    q.uid = qs.uid() != 0 ? qs.uid() : next.next_queue_uid_++;
+    if (q.uid >= next.next_queue_uid_ || !uids.insert(q.uid).second) {
+      return Status::InvalidArgument("snapshot: bad uid for queue " + name);
     }
+    if (Status s = next.RestoreReady(qs, q); !s.ok()) return s;
     for (const pb::Consumer& pc : qs.consumers()) {
       if (next.consumers_.contains(pc.id())) {
         return Status::InvalidArgument("snapshot: duplicate consumer " + pc.id());
@@ -1139,7 +1239,45 @@ Status BrokerState::Restore(const pb::Snapshot& snap) {
       ++next.binding_count_;
     }
   }
+  auto owned = std::move(owned_spill_);  // `next` shares it; keep it alive
   *this = std::move(next);
+  owned_spill_ = std::move(owned);
+  return Status::Ok();
+}
+
+// A local snapshot's window goes back to memory as it was (its spilled messages are in the spill
+// already); the messages of a full one fill the window and the rest go to the spill.
+Status BrokerState::RestoreReady(const pb::QueueState& qs, Queue& q) {
+  const std::string& name = qs.queue().name();
+  uint64_t last = 0;
+  for (const pb::Message& m : qs.ready()) {
+    if (m.id() >= next_message_id_ || m.id() <= last) {
+      return Status::InvalidArgument("snapshot: bad message id in queue " + name);
+    }
+    last = m.id();
+    StoredMessage stored = FromProto(m);
+    if (qs.spilled() != 0 || q.ready.size() < options_.window) {
+      q.ready_bytes += Size(stored);
+      q.ready.push_back(std::move(stored));
+    } else {
+      PushBack(q, std::move(stored));
+    }
+  }
+  if (qs.spilled() == 0) return Status::Ok();
+  if (qs.spill_cursor() <= last || qs.spill_cursor() >= next_message_id_ ||
+      qs.spilled() > next_message_id_ || q.ready.empty()) {
+    return Status::InvalidArgument("snapshot: bad spill position in queue " + name);
+  }
+  if (spill_->Read(q.uid, qs.spill_cursor(), 1).empty()) {
+    // A local snapshot made elsewhere: its spilled messages are on the node that took it.
+    return Status::InvalidArgument("snapshot: the " + std::to_string(qs.spilled()) +
+                                   " spilled messages of queue " + name +
+                                   " are not in this node's spill");
+  }
+  q.spilled = qs.spilled();
+  q.spilled_bytes = qs.spilled_bytes();
+  q.spill_cursor = qs.spill_cursor();
+  q.ready_bytes += q.spilled_bytes;
   return Status::Ok();
 }
 
@@ -1185,7 +1323,7 @@ std::optional<QueueStats> BrokerState::Stats(const std::string& queue) const {
   auto it = queues_.find(queue);
   if (it == queues_.end()) return std::nullopt;
   const Queue& q = it->second;
-  return QueueStats{queue,         q.ready.size(),  q.unacked, q.consumers.size(),
+  return QueueStats{queue,         ReadyCount(q),   q.unacked, q.consumers.size(),
                     q.ready_bytes, q.unacked_bytes, q.counters};
 }
 
@@ -1200,6 +1338,7 @@ std::vector<uint64_t> BrokerState::ReadyIds(const std::string& queue) const {
   auto it = queues_.find(queue);
   if (it == queues_.end()) return out;
   for (const StoredMessage& m : it->second.ready) out.push_back(m.id);
+  for (const pb::Message& m : ReadSpilled(it->second, it->second.spilled)) out.push_back(m.id());
   return out;
 }
 

@@ -3,11 +3,12 @@
 // clock (time comes in Command.now_unix_ms), no randomness, so every replica decides the same
 // deliveries.
 //
-// Memory: messages live in memory here, one `StoredMessage` (40 bytes) per message in a deque, the
-// payload shared by every queue a publish was routed to. To hold 10 million messages in bounded
-// memory the shell can spill: keep `Payload` bodies in RocksDB keyed by (queue, message id) and
-// hold only the StoredMessage headers (or a window of them at each queue's head) here; nothing
-// in the decisions below reads a body except its size.
+// Memory: each queue keeps a window of its head in memory (about `window` messages, plus the
+// messages consumers returned) and appends the rest to a MessageSpill, keyed by (queue uid, message
+// id); when the window drains to half, it refills from the spill in id order. What goes to the
+// spill and what is read back depends only on the commands applied, so replicas stay equal. A
+// "local" snapshot holds the windows only (the spill is on the same node); a "full" one carries
+// every message, for a node that has none of them.
 #pragma once
 
 #include <cstddef>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "mq/message_spill.h"
 #include "mq/mq.pb.h"
 
 namespace haven::mq {
@@ -59,7 +61,13 @@ struct BrokerOptions {
   size_t max_ids_per_command = 100'000;     // message ids in one ack/nack
   size_t max_deliveries_per_apply = 1'000;  // more: ApplyResult.dispatch_pending, then Dispatch
   uint32_t max_dead_letter_count = 16;  // a message dead-lettered more often is dropped (cycles)
+  // Ready messages a queue keeps in memory before the rest go to the spill (at least 1).
+  size_t window = 4096;
 };
+
+// A snapshot's form: kLocal for the node's own disk (its spill holds the rest), kFull for another
+// node (every message inside; bigger).
+enum class SnapshotForm { kFull, kLocal };
 
 // What a message carries through the broker, shared by the copies of one publish (and by the
 // Delivery handed to the shell, so a body is never copied per consumer).
@@ -149,14 +157,23 @@ struct ApplyResult {
 //   expired message is never delivered, but one behind a longer-lived head waits for it.
 class BrokerState {
  public:
-  explicit BrokerState(BrokerOptions options = {});  // declares "", amq.direct/fanout/topic
+  // Declares "", amq.direct/fanout/topic. `spill` (outliving this) holds what does not fit in the
+  // windows; null: a MemorySpill of its own.
+  explicit BrokerState(BrokerOptions options = {}, MessageSpill* spill = nullptr);
 
   // Applies a committed command at log index `index` (strictly increasing). Deterministic.
   ApplyResult Apply(uint64_t index, const pb::Command& cmd);
   uint64_t last_applied() const;
 
-  pb::Snapshot TakeSnapshot() const;         // the whole state, id counter included
-  Status Restore(const pb::Snapshot& snap);  // replaces the state; InvalidArgument if malformed
+  // The whole state, id counter included. kFull reads every spilled message back.
+  pb::Snapshot TakeSnapshot(SnapshotForm form = SnapshotForm::kFull) const;
+  // Replaces the state; InvalidArgument if malformed. Messages of a full snapshot beyond a window
+  // are appended to the spill; a local one expects its spilled messages there already.
+  Status Restore(const pb::Snapshot& snap);
+  // What the spill must keep for a restart from a local snapshot taken now (see SpillKeep).
+  SpillKeep SpillKeepNow() const;
+  uint64_t spilled_messages() const;  // in every queue's spill now
+  uint64_t spilled_bytes() const;     // their bodies
 
   const pb::Exchange* FindExchange(const std::string& name) const;
   const pb::Queue* FindQueue(const std::string& name) const;
@@ -183,8 +200,12 @@ class BrokerState {
   };
   struct Queue {
     pb::Queue def;
-    std::deque<StoredMessage> ready;  // sorted by id
-    uint64_t ready_bytes = 0;
+    uint64_t uid = 0;                 // key in the spill
+    std::deque<StoredMessage> ready;  // the in-memory window, sorted by id
+    uint64_t spilled = 0;             // ready messages after the window, in the spill
+    uint64_t spilled_bytes = 0;
+    uint64_t spill_cursor = 0;  // spilled messages have ids >= this (and > every window id)
+    uint64_t ready_bytes = 0;   // window and spilled together
     uint64_t unacked = 0;
     uint64_t unacked_bytes = 0;
     std::vector<std::string> consumers;  // push consumers in registration order
@@ -241,6 +262,13 @@ class BrokerState {
   void DeleteQueueNow(const std::string& name, Ctx& ctx);
   void RemoveBinding(const std::string& exchange, const BindingKey& key, Ctx& ctx);
   void ExpireHead(Queue& q, Ctx& ctx);
+  // The window and the spill.
+  static uint64_t ReadyCount(const Queue& q);
+  void PushBack(Queue& q, StoredMessage m);  // to the window, or to the spill once it is full
+  StoredMessage PopFront(Queue& q);          // then refills the window when it is half empty
+  void Refill(Queue& q);
+  std::vector<pb::Message> ReadSpilled(const Queue& q, uint64_t max_count) const;
+  Status RestoreReady(const pb::QueueState& qs, Queue& q);
   void DispatchAll(Ctx& ctx);
   void DispatchQueue(Queue& q, Ctx& ctx);
   bool HasCapacity(const Consumer& c) const;
@@ -248,6 +276,9 @@ class BrokerState {
   void Clear();
 
   BrokerOptions options_;
+  std::unique_ptr<MessageSpill> owned_spill_;  // when the shell gave none
+  MessageSpill* spill_ = nullptr;
+  uint64_t next_queue_uid_ = 1;
   uint64_t last_applied_ = 0;
   uint64_t next_message_id_ = 1;
   bool dispatch_pending_ = false;

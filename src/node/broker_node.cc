@@ -1,9 +1,11 @@
 #include "node/broker_node.h"
 
 #include <cstdio>
+#include <iterator>
 #include <random>
 
 #include "base/log.h"
+#include "base/metrics.h"
 
 namespace haven::node {
 
@@ -50,7 +52,7 @@ BrokerNode::BrokerNode(BrokerNodeOptions opts, net::IoRuntime& executor, Propose
       propose_(std::move(propose)),
       clock_(clock),
       boot_(RandomHex64()),
-      state_(opts_.broker) {}
+      state_(opts_.broker, opts_.spill) {}
 
 BrokerNode::~BrokerNode() {
   *alive_ = false;
@@ -151,16 +153,61 @@ void BrokerNode::MaybeProposeDispatch() {
   });
 }
 
-std::string BrokerNode::TakeSnapshot() const {
+std::string BrokerNode::TakeSnapshot() {
+  mq::SnapshotForm form = mq::SnapshotForm::kFull;
+  const uint64_t spilled = state_.spilled_bytes();
+  const bool cluster = IsCluster();
+  const uint64_t limit =
+      cluster ? opts_.max_snapshot_spill_bytes : opts_.max_single_snapshot_spill_bytes;
+  if (opts_.spill != nullptr && spilled > limit) {
+    if (Status s = opts_.spill->Sync(); s.ok()) {
+      form = mq::SnapshotForm::kLocal;
+      NoteLocalSnapshot(spilled, limit, cluster);
+    } else {
+      HLOG_ERROR("mq_spill_sync_failed", "error=\"{}\" fallback=full_snapshot", s.ToString());
+    }
+  }
+  if (opts_.spill != nullptr) spill_keeps_[state_.last_applied()] = state_.SpillKeepNow();
   std::string out;
-  state_.TakeSnapshot().SerializeToString(&out);
+  state_.TakeSnapshot(form).SerializeToString(&out);
   return out;
+}
+
+// A snapshot without the spilled messages is fine on this node but useless to one that has none.
+bool BrokerNode::IsCluster() const {
+  if (!opts_.raft_status) return false;
+  const raft::NodeStatus st = opts_.raft_status();
+  return st.conf.voters_size() + st.conf.learners_size() > 1;
+}
+
+void BrokerNode::NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster) {
+  static metrics::Counter& local = metrics::Registry::Default().GetCounter(
+      "haven_mq_snapshot_without_spill_total",
+      "Snapshots that hold only the queues' in-memory windows (their spilled messages were over "
+      "the limit a snapshot carries)");
+  local.Inc();
+  if (!cluster) return;
+  HLOG_ERROR("mq_snapshot_without_spill",
+             "spilled_bytes={} limit={} effect=\"a member that needs this snapshot cannot install "
+             "the queues (sending spilled messages in chunks is not done yet)\"",
+             spilled_bytes, limit);
 }
 
 Status BrokerNode::Restore(const std::string& snapshot) {
   mq::pb::Snapshot snap;
   if (!snap.ParseFromString(snapshot)) return Status::InvalidArgument("unreadable mq snapshot");
-  return state_.Restore(snap);
+  if (Status s = state_.Restore(snap); !s.ok()) return s;
+  // The snapshot restored is durable (loaded at start, or installed from the leader).
+  spill_keeps_.clear();
+  if (opts_.spill != nullptr) opts_.spill->Truncate(state_.SpillKeepNow());
+  return Status::Ok();
+}
+
+void BrokerNode::OnSnapshotDurable(uint64_t index) {
+  auto end = spill_keeps_.upper_bound(index);
+  if (end == spill_keeps_.begin() || opts_.spill == nullptr) return;
+  opts_.spill->Truncate(std::prev(end)->second);
+  spill_keeps_.erase(spill_keeps_.begin(), end);
 }
 
 void BrokerNode::OnLeadership(bool leader) {

@@ -17,6 +17,7 @@
 #include "net/io_runtime.h"
 #include "node/replicated_log.h"
 #include "raft/raw_node.h"
+#include "storage/spill_store.h"
 
 namespace haven::node {
 
@@ -31,6 +32,15 @@ struct BrokerNodeOptions {
   // The Raft view of the node's log (the leader's progress of each member); empty: no member
   // checks (a test of one node).
   std::function<raft::NodeStatus()> raft_status;
+  // Where queues put the messages beyond their window (outlives the node); null: in memory.
+  storage::SpillStore* spill = nullptr;
+  // A snapshot carries the spilled messages (so that a node without them, a lagging follower or a
+  // new member, can install it) while they are at most this many body bytes; beyond, it holds
+  // the windows only. Raft's transport sends a snapshot in one frame of at most 64 MiB.
+  uint64_t max_snapshot_spill_bytes = uint64_t{16} << 20;
+  // The same for a cluster of one, where no follower needs it today: carrying them costs a read of
+  // the spill and their size in memory at every snapshot, but lets a member added later install it.
+  uint64_t max_single_snapshot_spill_bytes = uint64_t{1} << 20;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -67,8 +77,11 @@ class BrokerNode {
 
   // Hooks for the log's owner (on the executor):
   void Apply(uint64_t index, const std::string& data);  // a committed mq command
-  std::string TakeSnapshot() const;                     // a serialized mq::pb::Snapshot
+  // A serialized mq::pb::Snapshot; syncs the spill first, since the log before it goes.
+  std::string TakeSnapshot();
   Status Restore(const std::string& snapshot);
+  // The snapshot at `index` is on disk: spilled records no snapshot since needs may go.
+  void OnSnapshotDurable(uint64_t index);
   // Leader: runs the TTL expiry timer and drops the owners of members that are gone.
   void OnLeadership(bool leader);
   // At start, before taking connections: drops what earlier boots of this node left behind.
@@ -80,6 +93,8 @@ class BrokerNode {
   BrokerConnectionSink* SinkFor(const std::string& consumer_id);
   void NotifyDropped(const mq::pb::DropOwner& drop);
   void MaybeProposeDispatch();
+  bool IsCluster() const;
+  void NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster);
   void ArmExpiryTimer();
   void OnExpiryTimer();
   void DropGoneMembers();
@@ -105,6 +120,8 @@ class BrokerNode {
   std::shared_ptr<net::Timer> expiry_timer_;
   // Cleared by the destructor: proposal callbacks that outlive this object do nothing.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  // What the spill keeps for each snapshot taken and not yet known durable, by its broker index.
+  std::map<uint64_t, mq::SpillKeep> spill_keeps_;
   mq::BrokerState state_;
 };
 

@@ -19,7 +19,7 @@ metrics::Counter& DedupeCounter(const char* verdict) {
 
 NodeLog::NodeLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogOptions opts,
                  uint64_t snapshot_every_entries, DedupeLimits dedupe)
-    : executor_(executor), snapshot_every_(snapshot_every_entries), dedupe_(dedupe) {
+    : store_(store), executor_(executor), snapshot_every_(snapshot_every_entries), dedupe_(dedupe) {
   RaftLogCallbacks cb;
   cb.on_commit = [this](const CommittedEntry& e) { return Apply(e); };
   cb.on_restore = [this](uint64_t index, const std::string& state) { Restore(index, state); };
@@ -76,7 +76,23 @@ Status NodeLog::Apply(const CommittedEntry& e) {
   }
   dedupe_.Advance(e.index);
   MaybeSnapshot(e.index);
+  NoteDurableSnapshots();
   return out;
+}
+
+// The log saves a snapshot on its own thread and compacts the log up to it in the same synced
+// write: the store's first index passing a snapshot's index says it is on disk.
+void NodeLog::NoteDurableSnapshots() {
+  if (saving_.empty()) return;
+  const uint64_t first = store_.FirstIndex();
+  size_t done = 0;
+  while (done < saving_.size() && saving_[done] < first) ++done;
+  if (done == 0) return;
+  const uint64_t index = saving_[done - 1];
+  saving_.erase(saving_.begin(), saving_.begin() + static_cast<std::ptrdiff_t>(done));
+  for (auto& [m, hooks] : machines_) {
+    if (hooks.snapshot_durable) hooks.snapshot_durable(index);
+  }
 }
 
 void NodeLog::MaybeSnapshot(uint64_t index) {
@@ -89,6 +105,9 @@ void NodeLog::MaybeSnapshot(uint64_t index) {
   }
   states.set_dedupe(dedupe_.Serialize());
   raft_->SaveSnapshotAsync(index, states.SerializeAsString());
+  // Bounded: a snapshot the log never saved (compacted past it) is dropped with the oldest.
+  if (saving_.size() >= 16) saving_.erase(saving_.begin());
+  saving_.push_back(index);
 }
 
 void NodeLog::Restore(uint64_t index, const std::string& state) {

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 #include "net/io_runtime.h"
@@ -32,6 +33,9 @@ struct MachineHooks {
   // May be empty. A duplicate of an entry applied before committed at `index`: not applied; its
   // proposer (answered right after) gets the first outcome, `result` (from last_result).
   std::function<void(uint64_t index, const std::string& result)> on_duplicate;
+  // The snapshot taken at `index` is on disk (a restart starts from it or a later one); may be
+  // empty. Called on a later apply, in index order.
+  std::function<void(uint64_t index)> snapshot_durable;
 };
 
 class NodeLog {
@@ -59,9 +63,12 @@ class NodeLog {
   Status Apply(const CommittedEntry& e);
   void Restore(uint64_t index, const std::string& state);
   void MaybeSnapshot(uint64_t index);
+  void NoteDurableSnapshots();
 
+  storage::LogStore& store_;
   net::IoRuntime& executor_;
   uint64_t snapshot_every_;
+  std::vector<uint64_t> saving_;  // snapshots handed to the log, not yet seen on disk
   std::map<Machine, MachineHooks> machines_;
   std::function<void(const std::string&, RaftLogCallbacks::Reply)> leader_requests_;
   std::unique_ptr<RaftLog> raft_;

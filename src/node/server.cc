@@ -131,6 +131,7 @@ void RegisterBroker(BrokerNode& broker, NodeLog& log) {
     }
   };
   hooks.on_leadership = [&broker](bool leader) { broker.OnLeadership(leader); };
+  hooks.snapshot_durable = [&broker](uint64_t index) { broker.OnSnapshotDurable(index); };
   log.Register(Machine::kQueues, std::move(hooks));
 }
 
@@ -164,6 +165,17 @@ int RunServer(const ServerOptions& opts) {
   if (!store.ok()) {
     HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir,
                store.status().message());
+    return 1;
+  }
+
+  if (opts.mq_window < 1 || opts.mq_window > kMaxMqWindow) {
+    HLOG_ERROR("bad_flag", "flag=--mq-window error=\"must be 1 to {}\"", kMaxMqWindow);
+    return 2;
+  }
+  auto spill = storage::SpillStore::Open(storage::SpillDir(opts.data_dir));
+  if (!spill.ok()) {
+    HLOG_ERROR("storage_open_failed", "dir={} error=\"{}\"", opts.data_dir,
+               spill.status().message());
     return 1;
   }
 
@@ -213,6 +225,8 @@ int RunServer(const ServerOptions& opts) {
   BrokerNodeOptions broker_opts;
   broker_opts.raft_id = opts.raft_node_id;
   broker_opts.raft_status = [&log] { return log.raft().status().node; };
+  broker_opts.broker.window = opts.mq_window;
+  broker_opts.spill = spill->get();
   BrokerNode broker(
       broker_opts, io,
       [&log](std::string data, ReplicatedLog::DoneFn done) {

@@ -2,6 +2,7 @@
 // signal.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -9,6 +10,8 @@
 #include "base/status.h"
 
 namespace haven::node {
+
+inline constexpr size_t kMaxMqWindow = 1'000'000;
 
 struct ServerOptions {
   std::string data_dir = "./haven-data";
@@ -19,6 +22,8 @@ struct ServerOptions {
   uint64_t snapshot_every_entries = 20'000;
   int64_t tombstone_ttl_ms = int64_t{15} * 60 * 1000;
   size_t max_connections = 10'000;
+  // Ready messages each queue keeps in memory; the rest wait on disk (DATA_DIR/mq-spill).
+  size_t mq_window = 4096;
   // Raft: this member's id (never reused for another member), its raft address, and the initial
   // voters "ID=HOST:PORT,..." (this node included). Without --peers the node is a cluster of one.
   uint64_t raft_node_id = 1;

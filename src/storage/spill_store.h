@@ -1,0 +1,34 @@
+// SpillStore: the node's MessageSpill on disk, a RocksDB of its own under DATA_DIR/mq-spill, where
+// the messages beyond each queue's in-memory window live. Small write buffers and block cache, so
+// a backlog of millions costs disk, not memory.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "mq/message_spill.h"
+
+namespace haven::storage {
+
+struct SpillStoreOptions {
+  size_t write_buffer_bytes = size_t{8} << 20;  // per memtable; at most 2 in memory
+  size_t block_cache_bytes = size_t{8} << 20;   // index and filter blocks included
+  int max_open_files = 256;
+};
+
+class SpillStore : public mq::MessageSpill {
+ public:
+  // Opens (creating) the spill in `dir`; IoError with RocksDB's message on failure.
+  static Result<std::unique_ptr<SpillStore>> Open(const std::string& dir,
+                                                  const SpillStoreOptions& opts = {});
+  // Makes every record appended so far durable. Appends skip RocksDB's write-ahead log (the Raft
+  // log replays them after a crash), so a snapshot, after which that log is gone, calls this first.
+  virtual Status Sync() = 0;
+};
+
+// DATA_DIR/mq-spill.
+std::string SpillDir(const std::string& data_dir);
+
+}  // namespace haven::storage

@@ -1,5 +1,6 @@
 #include "node/broker_node.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iterator>
 #include <random>
@@ -88,9 +89,30 @@ void BrokerNode::Attach(const std::string& owner, BrokerConnectionSink sink) {
 
 void BrokerNode::Detach(const std::string& owner) {
   if (sinks_.erase(owner) == 0) return;
+  ProposeDetach(owner, 0);
+}
+
+// DropOwner is idempotent, so a detach that failed (no leader, a leader change) is proposed again
+// until it commits: otherwise the closed connection's consumers would keep their unacked messages
+// while this node lives. Bounded; a node that dies is covered by the leader's member timeout.
+void BrokerNode::ProposeDetach(const std::string& owner, int attempt) {
+  constexpr int kMaxAttempts = 100;  // about 3 minutes at the 2 s cap below
   mq::pb::Command cmd;
   cmd.mutable_drop_owner()->set_owner(owner);
-  Propose(std::move(cmd), [](const Result<mq::ApplyResult>& r) { LogIfFailed("detach", r); });
+  Propose(std::move(cmd), [this, alive = alive_, owner, attempt](const Result<mq::ApplyResult>& r) {
+    if (r.ok() || !*alive) return LogIfFailed("detach", r);
+    if (attempt + 1 >= kMaxAttempts) {
+      HLOG_ERROR("broker_detach_gave_up", "owner={} attempts={} error=\"{}\"", owner, attempt + 1,
+                 r.status().ToString());
+      return;
+    }
+    HLOG_WARN("broker_detach_retry", "owner={} attempt={} error=\"{}\"", owner, attempt + 1,
+              r.status().ToString());
+    int64_t delay_ms = std::min<int64_t>(int64_t{100} << std::min(attempt, 5), 2'000);
+    executor_.RunAfter(delay_ms, [this, alive, owner, attempt] {
+      if (*alive) ProposeDetach(owner, attempt + 1);
+    });
+  });
 }
 
 void BrokerNode::Apply(uint64_t index, const std::string& data) {

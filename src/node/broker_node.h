@@ -92,6 +92,7 @@ class BrokerNode {
   // The attached owner hosting consumer "OWNER/channel/tag", or null.
   BrokerConnectionSink* SinkFor(const std::string& consumer_id);
   void NotifyDropped(const mq::pb::DropOwner& drop);
+  void ProposeDetach(const std::string& owner, int attempt);
   void MaybeProposeDispatch();
   bool IsCluster() const;
   void NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster);

@@ -11,6 +11,8 @@
 #include <map>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "base/status.h"
 
@@ -26,9 +28,16 @@ struct ProposalIdentity {
 };
 
 struct DedupeLimits {
-  size_t max_entries = 100'000;          // memory: about 100 bytes each
+  size_t max_entries = 100'000;          // client request ids; memory: a few hundred bytes each
   uint64_t max_age_entries = 1'000'000;  // forgotten once the log is this many indexes further
+  size_t max_proposers = 1'024;          // windows of (origin, boot): 8 KiB each at most
 };
+
+// Proposals without a client id are remembered per proposer as a bitmap of its recent seqs: a
+// re-forwarded copy lands within the proposer's few thousand proposals in flight, so this window
+// tells every copy apart in constant memory, where a map entry per proposal cost ~800 bytes
+// (100,000 entries: 80 MB). A seq that fell below the window is refused as too old, not applied.
+inline constexpr uint64_t kDedupeWindowSeqs = 65'536;
 
 class RequestDedupe {
  public:
@@ -53,7 +62,8 @@ class RequestDedupe {
   // age window.
   void Advance(uint64_t index);
 
-  size_t size() const { return by_key_.size(); }
+  size_t size() const { return by_key_.size(); }  // client request ids remembered
+  size_t proposers() const { return windows_.size(); }
   // Entries proposed on a base below this may be duplicates of forgotten ones.
   uint64_t floor_index() const { return floor_; }
 
@@ -68,6 +78,9 @@ class RequestDedupe {
   // A client's id when it sent one (its retries are new proposals), else the proposal's identity.
   static std::string KeyOf(const ProposalIdentity& id);
   void ForgetOldest();
+  Decision CheckWindow(const ProposalIdentity& id) const;
+  void RecordWindow(uint64_t index, const ProposalIdentity& id);
+  void ForgetOldWindows(uint64_t index);
 
   struct Remembered {
     uint64_t index = 0;
@@ -77,6 +90,13 @@ class RequestDedupe {
   std::unordered_map<std::string, Remembered> by_key_;
   std::map<uint64_t, std::string> by_index_;  // index -> key: eviction order
   uint64_t floor_ = 0;                        // the highest index forgotten
+  struct Window {
+    uint64_t base = 0;
+    uint64_t last_index = 0;
+    std::vector<uint64_t> bits;  // kDedupeWindowSeqs / 64 words
+  };
+  std::map<std::pair<uint64_t, uint64_t>, Window> windows_;  // (origin, boot) ->
+  uint64_t window_floor_ = 0;  // the highest last_index of a forgotten window
 };
 
 }  // namespace haven::node

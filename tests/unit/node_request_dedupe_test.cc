@@ -16,22 +16,61 @@ ProposalIdentity Id(uint64_t origin, uint64_t seq, std::string client = "", uint
 
 TEST(RequestDedupeTest, ACopyOfAnAppliedProposalIsADuplicateWithTheFirstOutcome) {
   RequestDedupe t;
-  EXPECT_EQ(t.Check(Id(1, 1)).verdict, Verdict::kNew);
-  t.Record(10, Id(1, 1), "first");
-  auto d = t.Check(Id(1, 1));
+  EXPECT_EQ(t.Check(Id(1, 1, "a")).verdict, Verdict::kNew);
+  t.Record(10, Id(1, 1, "a"), "first");
+  auto d = t.Check(Id(1, 1, "a"));
   EXPECT_EQ(d.verdict, Verdict::kDuplicate);
   EXPECT_EQ(d.first_index, 10u);
   EXPECT_EQ(d.result, "first");
+  // Recording a duplicate keeps the first outcome.
+  t.Record(11, Id(1, 1, "a"), "second");
+  EXPECT_EQ(t.Check(Id(1, 1, "a")).result, "first");
+  EXPECT_EQ(t.size(), 1u);
+}
+
+TEST(RequestDedupeTest, ACopyOfAProposalWithoutClientIdIsADuplicateOfItsProposer) {
+  RequestDedupe t;
+  EXPECT_EQ(t.Check(Id(1, 1)).verdict, Verdict::kNew);
+  t.Record(10, Id(1, 1), "");
+  EXPECT_EQ(t.Check(Id(1, 1)).verdict, Verdict::kDuplicate);
   // Another seq, origin or boot is another proposal.
   EXPECT_EQ(t.Check(Id(1, 2)).verdict, Verdict::kNew);
   EXPECT_EQ(t.Check(Id(2, 1)).verdict, Verdict::kNew);
   ProposalIdentity other_boot = Id(1, 1);
   other_boot.boot = 8;
   EXPECT_EQ(t.Check(other_boot).verdict, Verdict::kNew);
-  // Recording a duplicate keeps the first outcome.
-  t.Record(11, Id(1, 1), "second");
-  EXPECT_EQ(t.Check(Id(1, 1)).result, "first");
-  EXPECT_EQ(t.size(), 1u);
+  EXPECT_EQ(t.size(), 0u);  // no per-proposal entry: one window
+  EXPECT_EQ(t.proposers(), 1u);
+}
+
+TEST(RequestDedupeTest, TheProposerWindowSlidesAndRefusesWhatFellBelowIt) {
+  RequestDedupe t;
+  t.Record(1, Id(1, 5), "");
+  t.Record(2, Id(1, 7), "");
+  EXPECT_EQ(t.Check(Id(1, 6)).verdict, Verdict::kNew);  // out of order, never applied
+  // A seq far ahead slides the window past 5 and 7.
+  t.Record(3, Id(1, 5 + kDedupeWindowSeqs + 100), "");
+  EXPECT_EQ(t.Check(Id(1, 5)).verdict, Verdict::kTooOld);
+  EXPECT_EQ(t.Check(Id(1, 6)).verdict, Verdict::kTooOld);
+  EXPECT_EQ(t.Check(Id(1, 5 + kDedupeWindowSeqs + 100)).verdict, Verdict::kDuplicate);
+  EXPECT_EQ(t.Check(Id(1, 5 + kDedupeWindowSeqs + 99)).verdict, Verdict::kNew);
+  EXPECT_EQ(t.Check(Id(1, 5 + 3 * kDedupeWindowSeqs)).verdict, Verdict::kNew);
+}
+
+TEST(RequestDedupeTest, ForgottenProposersMakeTheirOldCopiesTooOld) {
+  RequestDedupe t(DedupeLimits{/*max_entries=*/100, /*max_age_entries=*/1000,
+                               /*max_proposers=*/2});
+  t.Record(10, Id(1, 1), "");
+  t.Record(20, Id(2, 1), "");
+  t.Record(30, Id(3, 1), "");  // forgets proposer 1 (applied last at 10)
+  EXPECT_EQ(t.proposers(), 2u);
+  EXPECT_EQ(t.Check(Id(1, 1, "", 9)).verdict, Verdict::kTooOld);
+  EXPECT_EQ(t.Check(Id(1, 2, "", 10)).verdict, Verdict::kNew);
+  EXPECT_EQ(t.Check(Id(2, 1)).verdict, Verdict::kDuplicate);
+  // And by age: proposer 2 and 3 are more than 1000 indexes behind at 1280.
+  t.Advance(1280);
+  EXPECT_EQ(t.proposers(), 0u);
+  EXPECT_EQ(t.Check(Id(3, 1, "", 29)).verdict, Verdict::kTooOld);
 }
 
 TEST(RequestDedupeTest, AClientRetryThroughAnotherNodeIsADuplicate) {
@@ -54,16 +93,17 @@ TEST(RequestDedupeTest, EntriesWithoutIdentityAreAlwaysNewAndNotRemembered) {
 
 TEST(RequestDedupeTest, ForgetsTheOldestBeyondTheCountAndRefusesWhatItCannotTell) {
   RequestDedupe t(DedupeLimits{/*max_entries=*/3, /*max_age_entries=*/1000});
-  for (uint64_t i = 1; i <= 5; ++i) t.Record(i, Id(1, i, "", i - 1), "r");
+  auto c = [](uint64_t i) { return "c" + std::to_string(i); };
+  for (uint64_t i = 1; i <= 5; ++i) t.Record(i, Id(1, i, c(i), i - 1), "r");
   EXPECT_EQ(t.size(), 3u);
   EXPECT_EQ(t.floor_index(), 2u);
-  // seq 1 and 2 (indexes 1, 2) are forgotten: a copy proposed on base 0 or 1 may be one of them.
-  EXPECT_EQ(t.Check(Id(1, 1, "", 0)).verdict, Verdict::kTooOld);
-  EXPECT_EQ(t.Check(Id(1, 2, "", 1)).verdict, Verdict::kTooOld);
-  EXPECT_EQ(t.Check(Id(1, 3, "", 2)).verdict, Verdict::kDuplicate);
-  // A new proposal made on a base at or above the floor cannot be a forgotten one.
-  EXPECT_EQ(t.Check(Id(2, 1, "", 2)).verdict, Verdict::kNew);
-  EXPECT_EQ(t.Check(Id(2, 1, "", 1)).verdict, Verdict::kTooOld);
+  // c1 and c2 (indexes 1, 2) are forgotten: a retry proposed on base 0 or 1 may be one of them.
+  EXPECT_EQ(t.Check(Id(2, 1, c(1), 0)).verdict, Verdict::kTooOld);
+  EXPECT_EQ(t.Check(Id(2, 2, c(2), 1)).verdict, Verdict::kTooOld);
+  EXPECT_EQ(t.Check(Id(2, 3, c(3), 2)).verdict, Verdict::kDuplicate);
+  // A new request proposed on a base at or above the floor cannot be a forgotten one.
+  EXPECT_EQ(t.Check(Id(2, 1, "new", 2)).verdict, Verdict::kNew);
+  EXPECT_EQ(t.Check(Id(2, 1, "new", 1)).verdict, Verdict::kTooOld);
 }
 
 TEST(RequestDedupeTest, ForgetsWhatTheLogLeftBehindByAge) {
@@ -98,6 +138,8 @@ TEST(RequestDedupeTest, ASnapshotRoundTripDecidesTheSame) {
     EXPECT_EQ(a.result, b.result) << i;
   }
   EXPECT_EQ(restored.Check(Id(9, 9, "", 50)).verdict, Verdict::kNew);
+  EXPECT_EQ(restored.proposers(), t.proposers());
+  EXPECT_EQ(restored.Check(Id(1, 2)).verdict, Verdict::kDuplicate);  // from the window
   // Both forget the same next.
   t.Record(20, Id(2, 1), "x");
   restored.Record(20, Id(2, 1), "x");

@@ -775,22 +775,6 @@ std::string EncodeMethodFrame(uint16_t channel, const Method& method) {
 
 // ---- Content ------------------------------------------------------------------------------------
 namespace {
-// Property flags, bit 15 first, in BasicProperties' order.
-constexpr uint16_t kFlagContentType = 1u << 15;
-constexpr uint16_t kFlagContentEncoding = 1u << 14;
-constexpr uint16_t kFlagHeaders = 1u << 13;
-constexpr uint16_t kFlagDeliveryMode = 1u << 12;
-constexpr uint16_t kFlagPriority = 1u << 11;
-constexpr uint16_t kFlagCorrelationId = 1u << 10;
-constexpr uint16_t kFlagReplyTo = 1u << 9;
-constexpr uint16_t kFlagExpiration = 1u << 8;
-constexpr uint16_t kFlagMessageId = 1u << 7;
-constexpr uint16_t kFlagTimestamp = 1u << 6;
-constexpr uint16_t kFlagType = 1u << 5;
-constexpr uint16_t kFlagUserId = 1u << 4;
-constexpr uint16_t kFlagAppId = 1u << 3;
-constexpr uint16_t kFlagClusterId = 1u << 2;
-constexpr uint16_t kUnknownFlags = 0x3;  // bit 1 unused, bit 0 "more flags follow"
 
 // Visits the properties in wire order with the flag of each.
 template <typename P, typename F>

@@ -187,6 +187,23 @@ struct BasicProperties {
   bool operator==(const BasicProperties&) const = default;
 };
 
+// Content-header property flags, bit 15 first, in BasicProperties' order.
+inline constexpr uint16_t kFlagContentType = 1u << 15;
+inline constexpr uint16_t kFlagContentEncoding = 1u << 14;
+inline constexpr uint16_t kFlagHeaders = 1u << 13;
+inline constexpr uint16_t kFlagDeliveryMode = 1u << 12;
+inline constexpr uint16_t kFlagPriority = 1u << 11;
+inline constexpr uint16_t kFlagCorrelationId = 1u << 10;
+inline constexpr uint16_t kFlagReplyTo = 1u << 9;
+inline constexpr uint16_t kFlagExpiration = 1u << 8;
+inline constexpr uint16_t kFlagMessageId = 1u << 7;
+inline constexpr uint16_t kFlagTimestamp = 1u << 6;
+inline constexpr uint16_t kFlagType = 1u << 5;
+inline constexpr uint16_t kFlagUserId = 1u << 4;
+inline constexpr uint16_t kFlagAppId = 1u << 3;
+inline constexpr uint16_t kFlagClusterId = 1u << 2;
+inline constexpr uint16_t kUnknownFlags = 0x3;  // bit 1 unused, bit 0 "more flags follow"
+
 // Delivery mode 2 = persistent.
 inline constexpr uint8_t kDeliveryPersistent = 2;
 

@@ -14,22 +14,7 @@
 namespace haven::mq {
 namespace {
 
-// Property flags (AMQP 0-9-1 basic class), bit 15 first.
-constexpr uint16_t kFlagContentType = 1u << 15;
-constexpr uint16_t kFlagContentEncoding = 1u << 14;
-constexpr uint16_t kFlagHeaders = 1u << 13;
-constexpr uint16_t kFlagDeliveryMode = 1u << 12;
-constexpr uint16_t kFlagPriority = 1u << 11;
-constexpr uint16_t kFlagCorrelationId = 1u << 10;
-constexpr uint16_t kFlagReplyTo = 1u << 9;
-constexpr uint16_t kFlagExpiration = 1u << 8;
-constexpr uint16_t kFlagMessageId = 1u << 7;
-constexpr uint16_t kFlagTimestamp = 1u << 6;
-constexpr uint16_t kFlagType = 1u << 5;
-constexpr uint16_t kFlagUserId = 1u << 4;
-constexpr uint16_t kFlagAppId = 1u << 3;
-constexpr uint16_t kFlagClusterId = 1u << 2;
-constexpr uint16_t kUnknownFlags = 0x3;  // bit 1 unused, bit 0 "more flags follow"
+using namespace amqp;  // NOLINT(google-build-using-namespace): the property flags
 
 // Bounds-checked reads; a read past the end fails the cursor and every later read.
 class Cursor {

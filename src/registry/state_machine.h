@@ -46,7 +46,7 @@ struct ApplyResult {
                                               // reconciles these)
   std::vector<std::string> sessions_changed;  // sessions created or destroyed
   std::vector<std::string> kv_keys_changed;   // keys set or deleted
-  int failed_op = -1;  // txn: the position of the op that failed (Consul's Errors[].OpIndex)
+  int failed_op = -1;      // txn: the position of the op that failed (Consul's Errors[].OpIndex)
   std::string created_id;  // session create: the new session's id (a retry is answered with it)
 };
 

@@ -42,15 +42,6 @@ constexpr int64_t kMaxSteadyMs = int64_t{3600} * 1000;
 constexpr int64_t kSampleEveryMs = 500;
 constexpr size_t kLogTailLines = 40;
 
-std::string LastLines(const std::string& text, size_t n) {
-  size_t at = text.size();
-  for (size_t i = 0; i <= n && at > 0; ++i) {
-    at = text.rfind('\n', at - 1);
-    if (at == std::string::npos) return text;
-  }
-  return text.substr(at + 1);
-}
-
 // How long the steady-load test runs: HAVEN_STEADY_SECONDS (elections.sh sets 600), else 60 s.
 int64_t SteadyMs() {
   const char* env = std::getenv("HAVEN_STEADY_SECONDS");

@@ -200,15 +200,6 @@ std::vector<std::string> MissingOn(const std::string& url, const std::string& pr
   return missing;
 }
 
-std::string LastLines(const std::string& text, size_t n) {
-  size_t at = text.size();
-  for (size_t i = 0; i <= n && at > 0; ++i) {
-    at = text.rfind('\n', at - 1);
-    if (at == std::string::npos) return text;
-  }
-  return text.substr(at + 1);
-}
-
 class ClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {

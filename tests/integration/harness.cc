@@ -493,4 +493,13 @@ void ServerTest::TearDown() {
   }
 }
 
+std::string LastLines(const std::string& text, size_t n) {
+  size_t at = text.size();
+  for (size_t i = 0; i <= n && at > 0; ++i) {
+    at = text.rfind('\n', at - 1);
+    if (at == std::string::npos) return text;
+  }
+  return text.substr(at + 1);
+}
+
 }  // namespace haven::itest

@@ -157,6 +157,9 @@ CliResult RunCli(const std::vector<std::string>& args, int timeout_secs = 60);
 // Key -> decoded value of everything under `prefix` on the server at `url` (`query` is added to
 // ?recurse, e.g. "&stale" for that node's own replica); nullopt when it did not answer with a JSON
 // array or a 404 (nothing there yet).
+// The last n lines of text (a process log), to show with a failure.
+std::string LastLines(const std::string& text, size_t n);
+
 std::optional<std::map<std::string, std::string>> ReadKvTree(const std::string& url,
                                                              const std::string& prefix,
                                                              std::string_view query = "");

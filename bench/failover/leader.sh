@@ -36,6 +36,8 @@ NODES=3
 
 # shellcheck source=../lib.sh
 source "$(dirname "$0")/../lib.sh"
+# shellcheck source=../cluster_lib.sh
+source "$(dirname "$0")/../cluster_lib.sh"
 
 for n in ROUNDS CLIENTS DURATION KILL_AFTER TIMEOUT; do
   [[ "${!n}" =~ ^[0-9]+$ ]] || die "$n must be a whole number, got '${!n}'"
@@ -53,13 +55,6 @@ declare -a NODE_RAFT=()
 WRITERS_PID=""
 LOST_TOTAL=0
 
-stop_cluster() {
-  local i
-  for i in $(seq 0 $((NODES - 1))); do
-    stop_pid "${NODE_PID[$i]:-}"
-    NODE_PID[i]=""
-  done
-}
 cleanup() {
   stop_pid "$WRITERS_PID"
   stop_cluster
@@ -72,107 +67,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-targets_csv() {
-  local out="" i
-  for i in $(seq 0 $((NODES - 1))); do out+="${out:+,}127.0.0.1:${NODE_HTTP[$i]}"; done
-  echo "$out"
-}
-
-# --- haven -----------------------------------------------------------------------------------------
-haven_write() { curl -sf --max-time 2 -X PUT -d v "http://127.0.0.1:${NODE_HTTP[$1]}/v1/kv/probe" | grep -q true; }
-
-start_haven() { # tag
-  local tag="$1" peers="" i
-  for i in $(seq 0 $((NODES - 1))); do
-    free_port
-    NODE_HTTP[i]="$PORT"
-    free_port
-    NODE_RAFT[i]="127.0.0.1:$PORT"
-    peers+="${peers:+,}$((i + 1))=${NODE_RAFT[$i]}"
-  done
-  for i in $(seq 0 $((NODES - 1))); do
-    "$HAVEN_BIN" server --amqp 127.0.0.1:0 --data-dir "$WORK/$tag-haven$((i + 1))" \
-      --http "127.0.0.1:${NODE_HTTP[$i]}" --node-name "haven$((i + 1))" --node-id "$((i + 1))" \
-      --raft "${NODE_RAFT[$i]}" --peers "$peers" 2>"$WORK/$tag-haven$((i + 1)).log" >/dev/null &
-    NODE_PID[i]=$!
-  done
-  for i in $(seq 0 $((NODES - 1))); do
-    wait_for "haven node $((i + 1)) write" "$WORK/$tag-haven$((i + 1)).log" haven_write "$i"
-  done
-}
-
-haven_leader_index() {
-  local i j addr
-  for i in $(seq 0 $((NODES - 1))); do
-    [ -n "${NODE_PID[$i]}" ] || continue
-    addr="$(curl -sf --max-time 2 "http://127.0.0.1:${NODE_HTTP[$i]}/v1/status/leader" | tr -d '"')" || continue
-    for j in $(seq 0 $((NODES - 1))); do
-      [ "${NODE_RAFT[$j]}" = "$addr" ] && echo "$j" && return
-    done
-  done
-  return 1
-}
-
-haven_keys() { # index prefix
-  curl -s --max-time 10 "http://127.0.0.1:${NODE_HTTP[$1]}/v1/kv/$2?keys" |
-    jq -r 'if type == "array" then .[] else empty end' 2>/dev/null || true
-}
-
-# --- etcd ------------------------------------------------------------------------------------------
-etcd_write() {
-  curl -sf --max-time 2 -X POST -d '{"key":"cHJvYmU=","value":"dg=="}' \
-    "http://127.0.0.1:${NODE_HTTP[$1]}/v3/kv/put" | grep -q header
-}
-
-start_etcd() { # tag
-  local tag="$1" cluster="" i
-  declare -a peer=()
-  [ -x "$ETCD_BIN" ] || die "$ETCD_BIN missing: scripts/install-deps.sh --bench"
-  for i in $(seq 0 $((NODES - 1))); do
-    free_port
-    NODE_HTTP[i]="$PORT"
-    free_port
-    peer[i]="$PORT"
-    cluster+="${cluster:+,}e$((i + 1))=http://127.0.0.1:${peer[$i]}"
-  done
-  for i in $(seq 0 $((NODES - 1))); do
-    "$ETCD_BIN" --name "e$((i + 1))" --data-dir "$WORK/$tag-etcd$((i + 1))" \
-      --listen-client-urls "http://127.0.0.1:${NODE_HTTP[$i]}" \
-      --advertise-client-urls "http://127.0.0.1:${NODE_HTTP[$i]}" \
-      --listen-peer-urls "http://127.0.0.1:${peer[$i]}" \
-      --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
-      --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token "failover-$tag-$$" --log-level warn >"$WORK/$tag-etcd$((i + 1)).log" 2>&1 &
-    NODE_PID[i]=$!
-  done
-  for i in $(seq 0 $((NODES - 1))); do
-    wait_for "etcd member $((i + 1)) write" "$WORK/$tag-etcd$((i + 1)).log" etcd_write "$i"
-  done
-}
-
-etcd_leader_index() {
-  local i st leader="" ids=()
-  for i in $(seq 0 $((NODES - 1))); do
-    st="$(curl -sf --max-time 2 -X POST -d '{}' "http://127.0.0.1:${NODE_HTTP[$i]}/v3/maintenance/status" |
-      jq -r '"\(.header.member_id) \(.leader)"')" || return 1
-    ids[i]="${st%% *}"
-    leader="${st##* }"
-  done
-  for i in $(seq 0 $((NODES - 1))); do
-    [ "${ids[$i]}" = "$leader" ] && echo "$i" && return
-  done
-  return 1
-}
-
-etcd_keys() { # index prefix
-  "$ETCDCTL_BIN" --endpoints "http://127.0.0.1:${NODE_HTTP[$1]}" --command-timeout 10s \
-    get --prefix "$2" --keys-only 2>/dev/null | grep -v '^$' || true
+member_write() { # system index: one acknowledged write through that member
+  if [ "$1" = haven ]; then
+    curl -sf --max-time 2 -X PUT -d v "http://127.0.0.1:${NODE_HTTP[$2]}/v1/kv/probe" | grep -q true
+  else
+    curl -sf --max-time 2 -X POST -d '{"key":"cHJvYmU=","value":"dg=="}' \
+      "http://127.0.0.1:${NODE_HTTP[$2]}/v3/kv/put" | grep -q header
+  fi
 }
 
 # --- one round -------------------------------------------------------------------------------------
 kill_round() { # system round
   local sys="$1" round="$2" run_id="r$2$1" leader kill_us dead_us survivor line
-  if [ "$sys" = haven ]; then start_haven "$run_id"; else start_etcd "$run_id"; fi
+  if [ "$sys" = haven ]; then start_haven_cluster "$run_id"; else start_etcd_cluster "$run_id"; fi
   python3 "$WRITERS" run --system "$sys" --targets "$(targets_csv)" --clients "$CLIENTS" \
     --duration "$DURATION" --timeout "$TIMEOUT" --run-id "$run_id" --log "$WORK/$run_id.req" &
   WRITERS_PID=$!

@@ -288,7 +288,7 @@ Status Demo::StartProxy() {
     if (!f.good()) return Status::IoError("cannot write " + path);
   }
   auto pid = children_->Spawn(
-      "proxy", {o_.binary, "proxy", "--config", path, "--log-level", "warn"}, Log("proxy"));
+      "proxy", {o_.binary, "proxy", "--config", path, "--log-level", "info"}, Log("proxy"));
   if (!pid.ok()) return pid.status();
   proxy_pid_ = *pid;
   net::HttpClient admin(fmt::format("http://127.0.0.1:{}", admin_port_), 2000);

@@ -360,12 +360,10 @@ TEST_F(ClusterTest, ElectsOneLeaderAndReplicatesWritesFromAnyNode) {
   for (int i = 0; i < kNodes; ++i) ExpectAllAckedOn(i, "one/", written);
 }
 
-// The target for kill-to-first-successful-write is 0.5 s; with the current election
-// timeout (1-2 s of 100 ms ticks) it takes 1-3 s. The figure is printed; only a generous bound
-// (kFailoverBoundMs) is asserted until the timeouts are tuned. A writer whose write was forwarded
-// to the leader as it died waits for the server's 5 s "outcome unknown" answer (a follower neither
-// fails nor re-forwards it when the leader changes), so "every writer through again" is often ~5 s:
-// also printed, also held only to kFailoverBoundMs.
+// Loses nothing and comes back: the figures are printed and held only to a generous bound
+// (kFailoverBoundMs). The 0.5 s target for kill-to-first-write is asserted by
+// cluster_failover_test.cc (the dead-leader probe elects in ~0.2-0.3 s); a write forwarded to the
+// leader as it died is re-forwarded to the new one, or answered 503 after 700 ms of silence.
 TEST_F(ClusterTest, LeaderKilledUnderLoadLosesNoAcknowledgedWrite) {
   constexpr int kKillWriters = 6;  // two per node
   auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);
@@ -456,7 +454,9 @@ TEST_F(ClusterTest, StoppedLeaderHandsOverWithoutAnElectionTimeout) {
 }
 
 TEST_F(ClusterTest, PausedLeaderStepsDownAndLosesNothing) {
-  constexpr int64_t kPauseMs = 3000;  // longer than the 1-2 s election timeout
+  // A hang refuses no connection, so the others elect only after their election timeout (1.5-3 s
+  // randomized); the test waits for that new leader before it resumes the old one.
+  constexpr int64_t kPauseMs = 3000;
   auto leader = WaitForAgreedLeader({0, 1, 2}, kLeaderDeadlineMs);
   ASSERT_TRUE(leader.has_value()) << DescribeViews();
   const int old = *leader;

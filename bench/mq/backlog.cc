@@ -3,15 +3,16 @@
 // --report-every confirmed messages; `consume` takes N messages with acks and fails unless they
 // arrive numbered FROM, FROM+1, ... with no gap or extra, and no repeat unless flagged redelivered
 // (the client reconnected). One line per report, key=value.
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <string>
 
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
 
+#include "base/proc_status.h"
 #include "client/amqp_client.h"
 
 namespace {
@@ -23,17 +24,7 @@ constexpr size_t kSeqDigits = 12;  // the body starts with the message number, z
 
 // Resident set size of `pid` in KiB (0 when unknown).
 uint64_t RssKiB(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string key;
-  while (in >> key) {
-    if (key == "VmRSS:") {
-      uint64_t kib = 0;
-      in >> kib;
-      return kib;
-    }
-    in.ignore(1 << 16, '\n');
-  }
-  return 0;
+  return static_cast<uint64_t>(std::max<int64_t>(0, haven::ProcStatusKiB(pid, "VmRSS")));
 }
 
 double Seconds(Clock::time_point since) {

@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <fstream>
-#include <sstream>
 #include <thread>
+
+#include "base/proc_status.h"
 
 namespace haven::demo {
 
@@ -130,23 +132,9 @@ std::vector<pid_t> Children::live() const {
 }
 
 int64_t Children::TotalRssKb() const {
-  int64_t total = RssKb(getpid());
-  for (const auto& [pid, role] : live_) total += RssKb(pid);
+  int64_t total = std::max<int64_t>(0, ProcStatusKiB(getpid(), "VmRSS"));
+  for (const auto& [pid, role] : live_) total += std::max<int64_t>(0, ProcStatusKiB(pid, "VmRSS"));
   return total;
-}
-
-int64_t RssKb(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.starts_with("VmRSS:")) {
-      std::istringstream in(line.substr(6));
-      int64_t kb = 0;
-      in >> kb;
-      return kb;
-    }
-  }
-  return 0;
 }
 
 std::string SelfExe() {

@@ -49,8 +49,6 @@ class Children {
   std::map<pid_t, std::string> live_;  // pid -> role
 };
 
-// VmRSS of `pid` in KiB, 0 when unknown.
-int64_t RssKb(pid_t pid);
 // The path of the running binary (/proc/self/exe), to start the demo's children with.
 std::string SelfExe();
 // Ports on 127.0.0.1 that were free a moment ago (all bound at once, then released), at most 64.

@@ -6,12 +6,13 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <string>
 
+#include "base/proc_status.h"
 #include "client/amqp_client.h"
 #include "harness.h"
 
@@ -28,17 +29,7 @@ constexpr uint64_t kMaxGrowthWhilePublishingKiB = 90 * 1024;
 constexpr uint64_t kMaxGrowthAfterRestartKiB = 40 * 1024;
 
 uint64_t RssKiB(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string key;
-  while (in >> key) {
-    if (key == "VmRSS:") {
-      uint64_t kib = 0;
-      in >> kib;
-      return kib;
-    }
-    in.ignore(1 << 16, '\n');
-  }
-  return 0;
+  return static_cast<uint64_t>(std::max<int64_t>(0, ProcStatusKiB(pid, "VmRSS")));
 }
 
 std::string Body(uint64_t seq) {

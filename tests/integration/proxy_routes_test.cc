@@ -3,7 +3,6 @@
 // responses larger than the old buffering limit streamed, and chunked request bodies.
 #include <signal.h>
 
-#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -14,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/proc_status.h"
 #include "harness.h"
 #include "net/http_client.h"
 #include "proxy_harness.h"
@@ -298,15 +298,6 @@ clusters:
 // Byte i of a backend /bytes answer (backend_main.cc).
 char PatternAt(size_t i) { return static_cast<char>(i % 251); }
 
-// VmHWM (peak resident set) of process `pid` in KiB, -1 when unreadable.
-int64_t PeakRssKiB(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atoll(line.c_str() + 6);
-  }
-  return -1;
-}
-
 TEST_F(ProxyRoutesTest, ResponseLargerThanTheOldBufferLimitIsStreamedExactly) {
   StartNamed("b0");
   StartProxyFrom(
@@ -332,7 +323,7 @@ TEST_F(ProxyRoutesTest, ResponseLargerThanTheOldBufferLimitIsStreamedExactly) {
   size_t wrong = 0;
   for (size_t i = 0; i < n; ++i) wrong += r.body[i] != PatternAt(i);
   EXPECT_EQ(wrong, 0u) << "bytes differing from the pattern";
-  const int64_t peak = PeakRssKiB(proxy_->pid());
+  const int64_t peak = ProcStatusKiB(proxy_->pid(), "VmHWM");
   std::cout << "proxy peak RSS " << peak / 1024 << " MiB\n";
   ASSERT_GT(peak, 0);
   EXPECT_LT(peak, 64 * 1024) << "the proxy must stream, not buffer, a 100 MB response";

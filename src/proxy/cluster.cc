@@ -95,9 +95,11 @@ void Cluster::Drain() {
   for (Slot& s : slots_) s.idle.clear();
 }
 
-bool Cluster::Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried) const {
+bool Cluster::Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried,
+                       bool panic) const {
   const std::string& id = (*list_)[i].id;
-  if (unhealthy_.contains(id) || outlier_.IsEjected(id, now) || breaker_.IsFull(id)) return false;
+  if (!panic && (unhealthy_.contains(id) || outlier_.IsEjected(id, now))) return false;
+  if (breaker_.IsFull(id)) return false;
   if (slots_[i].idle.empty() && breaker_.connections(id) >= opts_.circuit.max_connections) {
     return false;
   }
@@ -112,17 +114,26 @@ std::optional<Cluster::Picked> Cluster::Pick(MonoMs now, const Tried& tried, boo
     MonoMs now;
     const Tried* tried;
     bool allow_tried;
-  } args{this, now, &tried, false};
+    bool panic;
+  } args{this, now, &tried, false, false};
   lb::PickContext ctx;
   ctx.now = now;
   ctx.hash = hash;
   ctx.eligible = [a = &args](size_t i) {
-    return a->self->Eligible(i, a->now, *a->tried, a->allow_tried);
+    return a->self->Eligible(i, a->now, *a->tried, a->allow_tried, a->panic);
   };
   auto idx = balancer_->Pick(ctx);
   if (!idx && allow_tried) {
     args.allow_tried = true;
     idx = balancer_->Pick(ctx);
+  }
+  if (!idx && tried.empty()) {
+    // Panic, as Envoy does: every instance is ejected or failing its checks. A request's first try
+    // goes to one of them anyway rather than failing unasked: an ejection may be stale (an
+    // instance restarted, a check between two probes), and a dead one refuses at once.
+    args.panic = true;
+    idx = balancer_->Pick(ctx);
+    if (idx) metrics().panics->Inc();
   }
   if (!idx) return std::nullopt;
   balancer_->OnStart(*idx, now);

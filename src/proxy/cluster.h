@@ -96,7 +96,8 @@ class Cluster {
   };
   // Index of p's instance in the current list, or nullopt when it has left.
   std::optional<size_t> CurrentIndex(const Picked& p) const;
-  bool Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried) const;
+  // `panic`: ejected and unhealthy instances count too (no other is left).
+  bool Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried, bool panic) const;
   void StartProbes(MonoMs now);
   Task<void> Probe(lb::Endpoint ep);
   // True when the instance answers: connected, and for HTTP an HTTP status line came back.

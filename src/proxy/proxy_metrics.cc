@@ -14,6 +14,8 @@ ClusterMetrics::ClusterMetrics(const std::string& cluster) : name(cluster) {
   retries = &r.GetCounter("haven_proxy_retries_total", "Upstream attempts after the first", l);
   failovers = &r.GetCounter("haven_proxy_failovers_total",
                             "Attempts moved to another instance at once (active failover)", l);
+  panics = &r.GetCounter("haven_proxy_panic_picks_total",
+                         "First tries sent to an ejected or unhealthy instance: none was left", l);
   for (auto reason : {lb::EjectionReason::kConnect, lb::EjectionReason::kTimeout,
                       lb::EjectionReason::kFailures}) {
     ejections[static_cast<size_t>(reason)] = &r.GetCounter(

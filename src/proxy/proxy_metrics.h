@@ -21,6 +21,7 @@ struct ClusterMetrics {
   std::array<metrics::Counter*, 6> by_class{};  // index = status / 100 (0 unused)
   metrics::Counter* retries;
   metrics::Counter* failovers;
+  metrics::Counter* panics;  // first tries sent to an ejected/unhealthy instance: none was left
   std::array<metrics::Counter*, 4> ejections{};  // index = lb::EjectionReason (0 unused)
   metrics::Counter* try_timeouts;                // attempts past their per-try timeout
   metrics::Counter* probe_pass;                  // probes of ejected instances

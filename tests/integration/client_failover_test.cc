@@ -240,10 +240,6 @@ class ClientTransitionsTest : public ServerTest {
         << "warm-up: ok=" << load->ok();
     return load;
   }
-  static void Hold(int64_t ms) {
-    const int64_t until = NowMs() + ms;
-    WaitFor([&] { return NowMs() >= until; }, ms + 1000, 10);
-  }
   bool Ejected(const std::string& id) {
     for (const auto& e : client_->EjectedInstances("web")) {
       if (e == id) return true;

@@ -213,6 +213,12 @@ inline ProxyRun RunProxyWithConfig(const std::string& yaml,
   return run;
 }
 
+// Keeps a running load going for `ms` (a bounded wait on the clock, not a sleep-and-hope).
+inline void Hold(int64_t ms) {
+  const int64_t until = NowMs() + ms;
+  WaitFor([&] { return NowMs() >= until; }, ms + 1000, 10);
+}
+
 inline std::string Url(int port) { return "http://127.0.0.1:" + std::to_string(port); }
 
 // One HTTP response read off a plain socket by RawExchange; a chunked body is decoded.

@@ -56,11 +56,6 @@ class ProxyTransitionsTest : public ::testing::Test {
         << "warm-up: ok=" << load->ok();
     return load;
   }
-  // Keeps the load running for `ms` (a bounded wait on the clock, not a sleep-and-hope).
-  static void Hold(int64_t ms) {
-    const int64_t until = NowMs() + ms;
-    WaitFor([&] { return NowMs() >= until; }, ms + 1000, 10);
-  }
   std::string Status() {
     Api admin(Url(admin_port_), 5000);
     return admin.Get("/status").body;

@@ -550,7 +550,7 @@ class ClusterMembershipTest : public ::testing::Test {
 
 TEST_F(ClusterMembershipTest, RemoveANodeAndAddAFreshOneUnderLoad) {
   constexpr int kWriters = 8;
-  StartThree();
+  ASSERT_NO_FATAL_FAILURE(StartThree());
   const uint64_t leader = WaitForLeader();
   ASSERT_NE(leader, 0u) << "no leader;" << DescribeConfigs();
   // Data from before the load: node 4 must end with it too.
@@ -648,7 +648,7 @@ TEST_F(ClusterMembershipTest, FollowerBehindTheCompactedLogCatchesUpBySnapshot) 
   if (RunCli({"server", "--help"}).out.find("--snapshot-every") == std::string::npos) {
     GTEST_SKIP() << "haven server has no --snapshot-every flag";
   }
-  StartThree({"--snapshot-every", std::to_string(kSnapshotEvery)});
+  ASSERT_NO_FATAL_FAILURE(StartThree({"--snapshot-every", std::to_string(kSnapshotEvery)}));
   const uint64_t leader = WaitForLeader();
   ASSERT_NE(leader, 0u) << DescribeConfigs();
   auto before = WriteKeys(leader, "snap/before/", 20);
@@ -730,7 +730,7 @@ TEST_F(ClusterMembershipTest, UpdateRecordsAMovedNodesAddressForEveryMember) {
 }
 
 void ClusterMembershipTest::RestartOnNewAddressAndExpectRejoin(bool with_peers) {
-  StartThree();
+  ASSERT_NO_FATAL_FAILURE(StartThree());
   const uint64_t leader = WaitForLeader();
   ASSERT_NE(leader, 0u) << DescribeConfigs();
   auto before = WriteKeys(leader, "addr/before/", 20);

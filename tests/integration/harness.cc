@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -221,32 +222,65 @@ Status ServerProcess::Restart(int64_t deadline_ms) {
   return Start(deadline_ms);
 }
 
+namespace {
+
+// Fixed ports come from below the kernel's ephemeral range: a port picked inside it can be taken
+// by any client's outgoing connection or any `:0` listener in the parallel tests between the pick
+// and the child's bind (CI once lost a cluster test to exactly that). Parallel test processes
+// keep off each other's picks with a lock file per port, held until the process exits.
+constexpr int kFixedPortLow = 20000;
+constexpr int kFixedPortHigh = 32767;
+constexpr const char* kPortLockDir = "/tmp/haven-test-ports";
+
+int EphemeralLow() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 32768;
+  in >> low;
+  return low;
+}
+
+bool CanBindLoopback(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Takes the port's lock file for the rest of this process (the fd is never closed; children do
+// not inherit it). False when another process holds it.
+bool LockPort(int port) {
+  ::mkdir(kPortLockDir, 01777);
+  std::string path = std::string(kPortLockDir) + "/" + std::to_string(port);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) return false;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 Result<std::vector<int>> PickFreePorts(int count) {
   if (count < 0 || count > 64) return Status::InvalidArgument("PickFreePorts: 0 to 64 ports");
-  std::vector<int> fds;
+  const int high = std::min(kFixedPortHigh, EphemeralLow() - 1);
+  const int span = high - kFixedPortLow + 1;
+  if (span < 1000) return Status::IoError("PickFreePorts: no port range below the ephemeral one");
+  static std::atomic<uint64_t> calls{0};
+  uint64_t seed = static_cast<uint64_t>(::getpid()) * 7919 + calls.fetch_add(1) * 104729 +
+                  static_cast<uint64_t>(NowMs());
   std::vector<int> ports;
-  Status failed = Status::Ok();
-  for (int i = 0; i < count && failed.ok(); ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-      failed = Status::IoError("socket: " + std::string(std::strerror(errno)));
-      break;
-    }
-    fds.push_back(fd);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      failed = Status::IoError("bind: " + std::string(std::strerror(errno)));
-      break;
-    }
-    ports.push_back(ntohs(addr.sin_port));
+  for (int tried = 0; tried < span && static_cast<int>(ports.size()) < count; ++tried) {
+    int port = kFixedPortLow + static_cast<int>((seed + static_cast<uint64_t>(tried)) % span);
+    if (LockPort(port) && CanBindLoopback(port)) ports.push_back(port);
   }
-  // Held open until all are picked, so the kernel hands out distinct ports.
-  for (int fd : fds) ::close(fd);
-  if (!failed.ok()) return failed;
+  if (static_cast<int>(ports.size()) < count) return Status::IoError("PickFreePorts: none free");
   return ports;
 }
 

@@ -59,8 +59,9 @@ struct ServerSpec {
   std::vector<std::string> extra_args;  // appended after --node-name
 };
 
-// Ports on 127.0.0.1 that were free a moment ago (all bound at once, then released), for children
-// that must listen at fixed ports. At most 64.
+// Ports on 127.0.0.1 for children that must listen at fixed ports (cluster peers, restarts at the
+// same address): free when picked, outside the kernel's ephemeral range and reserved against the
+// other test processes until this one exits. At most 64.
 Result<std::vector<int>> PickFreePorts(int count);
 
 // A `haven server` child: started with fork/exec on an ephemeral port, its stdout/stderr in a log

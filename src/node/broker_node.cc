@@ -53,6 +53,7 @@ BrokerNode::BrokerNode(BrokerNodeOptions opts, net::IoRuntime& executor, Propose
       propose_(std::move(propose)),
       clock_(clock),
       boot_(RandomHex64()),
+      member_drops_(opts_.member_timeout_ms),
       state_(opts_.broker, opts_.spill) {}
 
 BrokerNode::~BrokerNode() {
@@ -234,8 +235,7 @@ void BrokerNode::OnSnapshotDurable(uint64_t index) {
 
 void BrokerNode::OnLeadership(bool leader) {
   leader_ = leader;
-  silent_since_ms_.clear();  // a new leader gives every member a full timeout
-  dropped_members_.clear();
+  member_drops_.Reset();  // a new leader gives every member a full timeout (unless proven gone)
   dispatch_in_flight_ = false;
   expire_in_flight_ = false;
   if (expiry_timer_) expiry_timer_->Cancel();
@@ -270,46 +270,57 @@ void BrokerNode::OnExpiryTimer() {
   ArmExpiryTimer();
 }
 
+void BrokerNode::OnMemberGone(uint64_t id) {
+  if (!leader_) return;
+  HLOG_DEBUG("broker_member_gone", "member={}", id);
+  DropGoneMembers();
+}
+
 // Consumers live on the node their client is connected to; when that node dies nobody acks or
-// cancels for them. The leader drops the owners of a member silent for member_timeout_ms, and of
-// raft ids no longer in the cluster, once each (again if it comes back and goes silent again).
+// cancels for them. The leader drops the owners of a member proven gone at once, of one silent
+// for member_timeout_ms, and of raft ids no longer in the cluster, once each (again if it comes
+// back and goes away again). Runs on the expiry timer and when the log finds a member gone.
 void BrokerNode::DropGoneMembers() {
   if (!opts_.raft_status) return;
   const raft::NodeStatus st = opts_.raft_status();
   if (st.role != raft::Role::kLeader) return;
-  const int64_t now = clock_.NowMono();
-  std::set<uint64_t> members;
-  for (const auto& p : st.progress) {
-    members.insert(p.id);
-    if (p.id == opts_.raft_id) continue;
-    if (p.active) {
-      silent_since_ms_.erase(p.id);
-      dropped_members_.erase(p.id);
-      continue;
-    }
-    auto [it, fresh] = silent_since_ms_.try_emplace(p.id, now);
-    if (!fresh && now - it->second >= opts_.member_timeout_ms) DropMember(p.id, "silent");
-  }
+  const std::set<uint64_t> gone = opts_.gone_members ? opts_.gone_members() : std::set<uint64_t>{};
+  std::vector<MemberDropPolicy::Member> members;
+  for (const auto& p : st.progress) members.push_back({p.id, p.active, gone.count(p.id) > 0});
+  std::set<uint64_t> holders;
   for (const auto& queue : state_.QueueNames()) {
     for (const auto& consumer : state_.ConsumerIds(queue)) {
-      uint64_t id = std::strtoull(consumer.c_str(), nullptr, 10);
-      if (id != 0 && !members.count(id)) DropMember(id, "removed");
+      holders.insert(std::strtoull(consumer.c_str(), nullptr, 10));
     }
+  }
+  for (const auto& drop : member_drops_.Check(clock_.NowMono(), opts_.raft_id, members, holders)) {
+    DropMember(drop.id, drop.reason);
   }
 }
 
-void BrokerNode::DropMember(uint64_t id, const char* why) {
-  if (!dropped_members_.insert(id).second) return;
-  HLOG_INFO("broker_drop_member", "member={} reason={}", id, why);
+void BrokerNode::DropMember(uint64_t id, MemberDropPolicy::Reason why) {
+  const char* reason = MemberDropPolicy::ReasonName(why);
+  metrics::Registry::Default()
+      .GetCounter("haven_mq_member_drops_total",
+                  "Members whose consumers the queue leader dropped (their unacked messages go "
+                  "back, redelivered), by reason: gone (process proven gone), silent (member "
+                  "timeout), removed (left the cluster)",
+                  {{"reason", reason}})
+      .Inc();
+  HLOG_INFO("broker_drop_member", "member={} reason={}", id, reason);
   mq::pb::Command cmd;
   auto* d = cmd.mutable_drop_owner();
   d->set_owner(std::to_string(id) + ":");
   d->set_raw_prefix(true);
-  Propose(std::move(cmd), [this, alive = alive_, id](const Result<mq::ApplyResult>& r) {
-    if (!*alive) return;
-    LogIfFailed("drop_member", r);
-    if (!r.ok()) dropped_members_.erase(id);  // try again on the next tick
-  });
+  const int64_t started = clock_.NowMono();
+  Propose(std::move(cmd),
+          [this, alive = alive_, id, reason, started](const Result<mq::ApplyResult>& r) {
+            if (!*alive) return;
+            LogIfFailed("drop_member", r);
+            if (!r.ok()) return member_drops_.DropFailed(id);  // decided again on the next check
+            HLOG_INFO("broker_member_dropped", "member={} reason={} commit_ms={}", id, reason,
+                      clock_.NowMono() - started);
+          });
 }
 
 // Drops every owner "RAFT_ID:..." except this boot's ("RAFT_ID:BOOT" and under): safe to call

@@ -15,6 +15,7 @@
 #include "base/status.h"
 #include "mq/broker_state.h"
 #include "net/io_runtime.h"
+#include "node/member_liveness.h"
 #include "node/replicated_log.h"
 #include "raft/raw_node.h"
 #include "storage/spill_store.h"
@@ -28,10 +29,13 @@ struct BrokerNodeOptions {
   // A member the leader has not heard from for this long (or one removed from the cluster) is
   // gone: the leader drops its consumers, so their unacked messages go to live consumers. Longer
   // than an election timeout, so a pause or a leader change does not cost a member its consumers.
+  // A member proven gone (gone_members) is dropped at once instead (MemberDropPolicy).
   int64_t member_timeout_ms = 3'000;
   // The Raft view of the node's log (the leader's progress of each member); empty: no member
   // checks (a test of one node).
   std::function<raft::NodeStatus()> raft_status;
+  // Members whose process the log found gone (RaftLogStatus::gone); empty: none ever is.
+  std::function<std::set<uint64_t>()> gone_members;
   // Where queues put the messages beyond their window (outlives the node); null: in memory.
   storage::SpillStore* spill = nullptr;
   // A snapshot carries the spilled messages (so that a node without them, a lagging follower or a
@@ -84,6 +88,8 @@ class BrokerNode {
   void OnSnapshotDurable(uint64_t index);
   // Leader: runs the TTL expiry timer and drops the owners of members that are gone.
   void OnLeadership(bool leader);
+  // The log found member `id`'s process gone: the leader drops its consumers now.
+  void OnMemberGone(uint64_t id);
   // At start, before taking connections: drops what earlier boots of this node left behind.
   void DropPreviousBoots();
 
@@ -99,7 +105,7 @@ class BrokerNode {
   void ArmExpiryTimer();
   void OnExpiryTimer();
   void DropGoneMembers();
-  void DropMember(uint64_t id, const char* why);
+  void DropMember(uint64_t id, MemberDropPolicy::Reason why);
 
   BrokerNodeOptions opts_;
   net::IoRuntime& executor_;
@@ -115,9 +121,8 @@ class BrokerNode {
   bool leader_ = false;
   bool dispatch_in_flight_ = false;
   bool expire_in_flight_ = false;
-  // Leader: since when each member has been silent (absent: active), and whose owners were dropped.
-  std::map<uint64_t, int64_t> silent_since_ms_;
-  std::set<uint64_t> dropped_members_;
+  // Leader: which members' owners to drop (silent too long, proven gone, removed).
+  MemberDropPolicy member_drops_;
   std::shared_ptr<net::Timer> expiry_timer_;
   // Cleared by the destructor: proposal callbacks that outlive this object do nothing.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -28,6 +28,11 @@ NodeLog::NodeLog(storage::LogStore& store, net::IoRuntime& executor, RaftLogOpti
       if (hooks.on_leadership) hooks.on_leadership(leader);
     }
   };
+  cb.on_member_gone = [this](uint64_t id) {
+    for (auto& [m, hooks] : machines_) {
+      if (hooks.on_member_gone) hooks.on_member_gone(id);
+    }
+  };
   cb.on_leader_request = [this](const std::string& request, RaftLogCallbacks::Reply reply) {
     if (!leader_requests_) return reply(Status::Unavailable("no handler for leader requests"));
     leader_requests_(request, std::move(reply));

@@ -36,6 +36,9 @@ struct MachineHooks {
   // The snapshot taken at `index` is on disk (a restart starts from it or a later one); may be
   // empty. Called on a later apply, in index order.
   std::function<void(uint64_t index)> snapshot_durable;
+  // On the leader: member `id`'s process was found gone (RaftLogCallbacks::on_member_gone). May
+  // be empty.
+  std::function<void(uint64_t id)> on_member_gone;
 };
 
 class NodeLog {

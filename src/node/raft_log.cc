@@ -12,6 +12,7 @@
 #include "base/log.h"
 #include "net/framed_transport.h"
 #include "net/probe.h"
+#include "node/member_liveness.h"
 #include "node/node.pb.h"
 #include "node/raft_storage.h"
 
@@ -21,6 +22,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxClientIdBytes = 128;  // every entry and the dedupe table carry it
+
+int64_t MonoMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+// Only a refused connect proves the process gone; a timeout or any other error proves nothing.
+bool Refused(const net::ProbeResult& r) {
+  return r.status != "passing" && r.output.find("refused") != std::string::npos;
+}
 
 // The membership as of each conf change, so a snapshot at any applied index gets the right one.
 class ConfHistory {
@@ -149,6 +160,8 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   bool leader_probe_in_flight = false;      // one TCP probe of a silent leader at a time
   Clock::time_point tick_due{};             // when the pending tick should run
   static constexpr int64_t kLeaderProbeTimeoutMs = 500;
+  // The leader's probes of silent members (and what the follower's leader probe found).
+  PeerProbeSchedule member_probes{{2 * opts.tick_ms * opts.heartbeat_ticks, 1'000}};
 
   // --- the executor's state ---
   struct Pending {
@@ -199,6 +212,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
         f.from_address().size() <= 256) {
       peers[f.from_id()] = f.from_address();
     }
+    if (f.from_id() != 0 && f.from_id() != opts.node_id) member_probes.Heard(f.from_id(), MonoMs());
     if (f.from_id() != 0 && f.from_id() == node->status().leader) {
       last_leader_contact = Clock::now();
       leader_heard_at = last_leader_contact;
@@ -318,6 +332,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     WarnIfTickLate();
     node->Tick();
     MaybeProbeLeader();
+    MaybeProbeMembers();
     if (!waiting_for_leader.empty() && node->status().leader != 0) {
       std::vector<pb::Proposal> retry;
       retry.swap(waiting_for_leader);
@@ -364,6 +379,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     if (it == peers.end()) return;
     leader_probe_in_flight = true;
     const uint64_t leader = st.leader;
+    member_probes.Started(leader);
     // The callback runs on `loop` (the probe's strand is on its context) and dies with it.
     net::ProbeTcp(loop, it->second, kLeaderProbeTimeoutMs,
                   [this, leader](const net::ProbeResult& r) { OnLeaderProbed(leader, r); });
@@ -371,11 +387,45 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
 
   void OnLeaderProbed(uint64_t leader, const net::ProbeResult& r) {
     leader_probe_in_flight = false;
-    if (r.status == "passing" || r.output.find("refused") == std::string::npos) return;
+    // Remembered: should this node win the election, it checks the old leader again at once.
+    member_probes.ProbeDone(leader, Refused(r), MonoMs());
+    if (!Refused(r)) return;
     if (node->status().leader != leader) return;  // another leader was heard meanwhile
     HLOG_INFO("raft_leader_gone", "node={} leader={} probe=\"{}\"", opts.node_id, leader, r.output);
     node->LeaderUnreachable(leader);
     ScheduleReady();
+  }
+
+  // The leader asks the same of a member that fell silent: a refused connect means its process
+  // is gone, and the queues drop its consumers at once instead of after their member timeout.
+  void MaybeProbeMembers() {
+    if (!opts.probe_members || !is_leader || failed) return;
+    const raft::NodeStatus st = node->status();
+    std::vector<uint64_t> others;
+    for (uint64_t id : st.conf.voters()) others.push_back(id);
+    for (uint64_t id : st.conf.learners()) others.push_back(id);
+    std::erase(others, opts.node_id);
+    for (uint64_t id : member_probes.DueProbes(MonoMs(), others)) {
+      auto it = peers.find(id);
+      if (it == peers.end()) {
+        member_probes.ProbeDone(id, false, MonoMs());  // no address yet: nothing to prove
+        continue;
+      }
+      const int64_t started = MonoMs();
+      net::ProbeTcp(
+          loop, it->second, kLeaderProbeTimeoutMs,
+          [this, id, started](const net::ProbeResult& r) { OnMemberProbed(id, started, r); });
+    }
+  }
+
+  void OnMemberProbed(uint64_t id, int64_t started, const net::ProbeResult& r) {
+    if (!member_probes.ProbeDone(id, Refused(r), MonoMs()) || !is_leader) return;
+    HLOG_INFO("raft_member_gone", "node={} member={} probe_ms={} probe=\"{}\"", opts.node_id, id,
+              MonoMs() - started, r.output);
+    UpdateStatus();  // before the callback, which reads it
+    if (cb.on_member_gone) {
+      executor.Post([self = shared_from_this(), id] { self->cb.on_member_gone(id); });
+    }
   }
 
   // Step 1-4 of the Ready contract, for every Ready the node has.
@@ -570,6 +620,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     HLOG_INFO("raft_role", "node={} leader={} term={}", opts.node_id, leader, node->status().term);
     if (cb.on_leadership) {
       executor.Post([self = shared_from_this(), leader] { self->cb.on_leadership(leader); });
+    }
+    if (leader) {
+      member_probes.BecomeLeader(MonoMs());
+      MaybeProbeMembers();  // a member already found gone is checked again now, not in 2 ticks
     }
   }
 
@@ -832,6 +886,7 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
     std::lock_guard lock(status_mu);
     status_cache.node = node->status();
     status_cache.peers = peers;
+    status_cache.gone = member_probes.gone();
     status_contact = status_cache.node.leader == 0 ? std::optional<Clock::time_point>()
                      : is_leader                   ? std::optional(Clock::time_point::max())
                                                    : std::optional(last_leader_contact);

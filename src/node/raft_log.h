@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "base/status.h"
@@ -39,6 +40,11 @@ struct RaftLogOptions {
   // unreachable_campaign_ticks instead of an election timeout (raft::RawNode::LeaderUnreachable).
   bool probe_leader = true;
   int unreachable_campaign_ticks = 3;
+  // The leader does the same for a member it has not heard from for two heartbeat intervals
+  // (then backing off to once a second while it stays silent): a refused connect reports the
+  // member gone (RaftLogStatus::gone, RaftLogCallbacks::on_member_gone) until a frame comes
+  // from it. The queues use it to drop a dead node's consumers at once.
+  bool probe_members = true;
   int64_t proposal_timeout_ms = 5'000;  // a proposal not committed by then fails (outcome unknown)
   // A pending proposal is answered (outcome unknown, safe to retry with the same request id) once
   // no leader has been heard from for this long: a client learns about a dead leader within about
@@ -54,6 +60,9 @@ struct RaftLogStatus {
   // Milliseconds since this node last heard from the leader: 0 on the leader, -1 when no leader
   // has been heard from (Consul's X-Consul-LastContact).
   int64_t last_leader_contact_ms = -1;
+  // Members whose raft port refused a connect after they fell silent, not heard from since: their
+  // process is gone (probed by the leader; see RaftLogOptions::probe_members).
+  std::set<uint64_t> gone;
 };
 
 // A committed command as the log hands it to the node.
@@ -78,6 +87,8 @@ struct RaftLogCallbacks {
   // `reply` may be called later, from the executor, exactly once. May be empty (Unavailable).
   using Reply = std::function<void(Result<std::string>)>;
   std::function<void(const std::string& request, Reply reply)> on_leader_request;
+  // On the leader: member `id` was found gone (RaftLogStatus::gone has it by now). May be empty.
+  std::function<void(uint64_t id)> on_member_gone;
 };
 
 class RaftLog final : public ReplicatedLog {

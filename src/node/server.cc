@@ -132,6 +132,7 @@ void RegisterBroker(BrokerNode& broker, NodeLog& log) {
   };
   hooks.on_leadership = [&broker](bool leader) { broker.OnLeadership(leader); };
   hooks.snapshot_durable = [&broker](uint64_t index) { broker.OnSnapshotDurable(index); };
+  hooks.on_member_gone = [&broker](uint64_t id) { broker.OnMemberGone(id); };
   log.Register(Machine::kQueues, std::move(hooks));
 }
 
@@ -225,6 +226,7 @@ int RunServer(const ServerOptions& opts) {
   BrokerNodeOptions broker_opts;
   broker_opts.raft_id = opts.raft_node_id;
   broker_opts.raft_status = [&log] { return log.raft().status().node; };
+  broker_opts.gone_members = [&log] { return log.raft().status().gone; };
   broker_opts.broker.window = opts.mq_window;
   broker_opts.spill = spill->get();
   BrokerNode broker(

@@ -329,7 +329,10 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   }
 
   void OnTick() {
-    WarnIfTickLate();
+    const int64_t late_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - tick_due).count();
+    WarnIfTickLate(late_ms);
+    DiscountOwnStall(late_ms);
     node->Tick();
     MaybeProbeLeader();
     MaybeProbeMembers();
@@ -356,13 +359,24 @@ struct RaftLog::Impl : std::enable_shared_from_this<RaftLog::Impl> {
   // A raft thread held up for a good part of an election timeout (a slow fsync, CPU starvation)
   // is what makes followers elect without a fault: said in the log, so an election can be
   // explained.
-  void WarnIfTickLate() {
-    const auto late =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - tick_due);
-    if (late.count() >= opts.tick_ms * opts.election_ticks / 4) {
+  void WarnIfTickLate(int64_t late_ms) {
+    if (late_ms >= opts.tick_ms * opts.election_ticks / 4) {
       HLOG_WARN("raft_tick_late", "node={} late_ms={} election_timeout_ms={}", opts.node_id,
-                late.count(), opts.tick_ms * opts.election_ticks);
+                late_ms, opts.tick_ms * opts.election_ticks);
     }
+  }
+
+  // While this thread did not run (the process paused by SIGSTOP, a starved thread) it could not
+  // hear the leader: that time is not the leader's silence. Without this, a node resumed after a
+  // pause longer than leaderless_answer_ms answered the proposals it made right after resuming
+  // ("no leader heard from", so its AMQP connections closed with 541) before reading the
+  // leader's frames already waiting in its socket.
+  void DiscountOwnStall(int64_t late_ms) {
+    if (late_ms <= opts.tick_ms) return;
+    const auto now = Clock::now();
+    const auto stall = std::chrono::milliseconds(late_ms);
+    leader_heard_at = std::min(now, leader_heard_at + stall);
+    last_leader_contact = std::min(now, last_leader_contact + stall);
   }
 
   // A follower whose leader fell silent asks the kernel whether the leader's process is still

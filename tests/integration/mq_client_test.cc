@@ -170,18 +170,19 @@ class MqClusterTest : public ::testing::Test {
 
   // A consumer that talks to node `i` only (it must not fail over: the test controls who holds
   // what).
-  ConsumerOptions ConsumerOn(int i, const std::string& queue) const {
+  ConsumerOptions ConsumerOn(int i, const std::string& queue, uint16_t prefetch = 1000) const {
     ConsumerOptions co;
     co.addresses = {amqp_[static_cast<size_t>(i)]};
     co.queue = queue;
     co.queue_arguments.Set("x-queue-type", amqp::FieldValue(std::string("quorum")));
-    co.prefetch = 1000;
+    co.prefetch = prefetch;
     co.failover_deadline_ms = 3000;
     return co;
   }
 
-  // Publishes `count` messages "ID-0".. through node `i` and waits for their confirms.
-  std::set<std::string> PublishConfirmed(int i, const std::string& queue, int count) {
+  // Publishes `count` messages with ids "PREFIX-0".. through node `i` and waits for their confirms.
+  std::set<std::string> PublishConfirmed(int i, const std::string& queue, int count,
+                                         const std::string& prefix) {
     ProducerOptions po;
     po.addresses = {amqp_[static_cast<size_t>(i)]};
     po.queue = queue;
@@ -193,7 +194,7 @@ class MqClusterTest : public ::testing::Test {
       return ids;
     }
     for (int k = 0; k < count; ++k) {
-      std::string id = queue + "-" + std::to_string(k);
+      std::string id = prefix + "-" + std::to_string(k);
       if (!producer.PublishAsync("body-" + id, WithId(id)).ok()) break;
       ids.insert(id);
     }
@@ -220,15 +221,18 @@ class MqClusterTest : public ::testing::Test {
         .value_or(0);
   }
 
-  // Node `holder`'s consumer takes every message of `queue` without acking; a consumer on node
-  // `other` is registered and gets nothing. Then `holder` is SIGKILLed: the other consumer must
-  // get every message, flagged redelivered, within a bound that only the fast path meets.
+  // Node `holder`'s consumer takes kMessages without acking (its prefetch is full); a consumer on
+  // node `other` takes kOwn more. Then `holder` is SIGKILLed and `other` acks its own at once
+  // (through the election when the holder led): `other` must get every message the holder had,
+  // flagged redelivered, within a bound that only the fast path meets, keep its connection, and
+  // never see its own acked messages again.
   void KillHolderExpectFastRedelivery(int holder, int other, const std::string& queue) {
     constexpr int kMessages = 50;
+    constexpr int kOwn = 10;
     constexpr int64_t kBoundMs = 2000;  // the member timeout alone takes 3 s, more with Raft's
-    Consumer held(ConsumerOn(holder, queue));
+    Consumer held(ConsumerOn(holder, queue, kMessages));
     ASSERT_TRUE(held.Connect().ok());
-    const std::set<std::string> published = PublishConfirmed(other, queue, kMessages);
+    const std::set<std::string> published = PublishConfirmed(other, queue, kMessages, "held");
     ASSERT_EQ(published.size(), static_cast<size_t>(kMessages));
     for (int k = 0; k < kMessages; ++k) {
       auto m = held.Next(10000);
@@ -239,11 +243,18 @@ class MqClusterTest : public ::testing::Test {
     ASSERT_TRUE(taker.Connect().ok());
     ASSERT_TRUE(WaitFor([&] { return QueueField(other, queue, "consumers") == 2; }, 10000));
     ASSERT_EQ(QueueField(other, queue, "messages_unacknowledged"), kMessages);
-    auto early = taker.Next(100);
-    ASSERT_TRUE(client::IsTimeout(early.status())) << "the holder has every message";
+    ASSERT_EQ(PublishConfirmed(other, queue, kOwn, "own").size(), static_cast<size_t>(kOwn));
+    std::vector<Message> own;
+    for (int k = 0; k < kOwn; ++k) {
+      auto m = taker.Next(10000);
+      ASSERT_TRUE(m.ok()) << "own message " << k << ": " << m.status().ToString();
+      ASSERT_EQ(m->properties.message_id.value_or("").rfind("own-", 0), 0u) << "the holder's";
+      own.push_back(*m);
+    }
 
     const int64_t kill_ms = NowMs();
     ASSERT_TRUE(nodes_[static_cast<size_t>(holder)]->Kill().ok());
+    for (const Message& m : own) EXPECT_TRUE(taker.Ack(m).ok());
     std::set<std::string> got;
     int unflagged = 0;
     int64_t last_ms = kill_ms;
@@ -479,7 +490,7 @@ TEST_F(MqClusterTest, FollowerPausedShorterThanTheMemberTimeoutKeepsItsConsumers
   const std::string queue = "held-by-paused";
   Consumer held(ConsumerOn(holder, queue));
   ASSERT_TRUE(held.Connect().ok());
-  const std::set<std::string> published = PublishConfirmed(other, queue, kMessages);
+  const std::set<std::string> published = PublishConfirmed(other, queue, kMessages, "held");
   ASSERT_EQ(published.size(), static_cast<size_t>(kMessages));
   std::vector<Message> holding;
   for (int k = 0; k < kMessages; ++k) {

@@ -95,7 +95,7 @@ void BrokerNode::Detach(const std::string& owner) {
 
 // DropOwner is idempotent, so a detach that failed (no leader, a leader change) is proposed again
 // until it commits: otherwise the closed connection's consumers would keep their unacked messages
-// while this node lives. Bounded; a node that dies is covered by the leader's member timeout.
+// while this node lives. Bounded; a node that dies is covered by the leader's member checks.
 void BrokerNode::ProposeDetach(const std::string& owner, int attempt) {
   constexpr int kMaxAttempts = 100;  // about 3 minutes at the 2 s cap below
   mq::pb::Command cmd;

@@ -11,6 +11,8 @@ PeerProbeSchedule::Peer& PeerProbeSchedule::At(uint64_t id, int64_t now_ms) {
 }
 
 void PeerProbeSchedule::Heard(uint64_t id, int64_t now_ms) {
+  // Frames name their sender: a follower (which never prunes) tracks a bounded number of them.
+  if (!peers_.count(id) && peers_.size() >= kMaxPeers) return;
   Peer& p = At(id, now_ms);
   p.heard_ms = now_ms;
   ++p.heard_seq;
@@ -48,6 +50,7 @@ std::vector<uint64_t> PeerProbeSchedule::DueProbes(int64_t now_ms,
 }
 
 void PeerProbeSchedule::Started(uint64_t id) {
+  if (!peers_.count(id) && peers_.size() >= kMaxPeers) return;
   Peer& p = peers_[id];
   p.in_flight = true;
   p.probe_seq = p.heard_seq;

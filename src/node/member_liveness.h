@@ -3,6 +3,7 @@
 // and the broker feed it times, frames heard and probe results; it does no I/O.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <set>
@@ -50,6 +51,7 @@ class PeerProbeSchedule {
     int64_t backoff_ms = 0;     // the wait after the last probe that did not prove anything
   };
   Peer& At(uint64_t id, int64_t now_ms);
+  static constexpr size_t kMaxPeers = 64;  // far above Raft's members; bounds unknown senders
 
   Options opts_;
   std::map<uint64_t, Peer> peers_;

@@ -108,6 +108,15 @@ TEST(PeerProbeSchedule, MembersThatLeftAreForgotten) {
   EXPECT_FALSE(s.ProbeDone(2, true, 201)) << "a late answer about a removed member";
 }
 
+TEST(PeerProbeSchedule, FramesFromManySendersAreTrackedUpToALimit) {
+  PeerProbeSchedule s = Schedule();
+  for (uint64_t id = 1; id <= 10'000; ++id) s.Heard(id, 0);
+  s.Started(20'000);
+  EXPECT_FALSE(s.ProbeDone(20'000, true, 1)) << "not tracked: no verdict";
+  s.BecomeLeader(0);
+  EXPECT_EQ(s.DueProbes(100, {2}), std::vector<uint64_t>{2}) << "members are always tracked";
+}
+
 std::vector<MemberDropPolicy::Drop> Check(MemberDropPolicy& p, int64_t now,
                                           std::vector<MemberDropPolicy::Member> members,
                                           std::set<uint64_t> holders = {}) {

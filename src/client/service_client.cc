@@ -122,6 +122,7 @@ struct ServiceState {
   lb::RetryPolicy retry;
   lb::TryTimeout try_timeout;
   uint64_t applied_version = 0;
+  uint64_t panic_picks = 0;  // first tries sent to an ejected instance because none other was left
 };
 
 struct ServiceClient::Impl {
@@ -218,6 +219,14 @@ std::optional<lb::Endpoint> ServiceClient::Impl::Pick(
   if (!idx) {
     ctx.eligible = [&](size_t i) { return !st.outlier.IsEjected(eps[i].id, now); };
     idx = st.balancer->Pick(ctx);
+  }
+  if (!idx && tried.empty()) {
+    // Panic, as the proxy does (docs/proxy.md): every instance is ejected. A call's first try goes
+    // to one of them anyway rather than failing unasked: an ejection may be stale (the instance
+    // restarted between two probes), and a dead instance refuses at once.
+    ctx.eligible = [](size_t) { return true; };
+    idx = st.balancer->Pick(ctx);
+    if (idx) ++st.panic_picks;
   }
   if (!idx) return std::nullopt;
   st.balancer->OnStart(*idx, now);
@@ -388,6 +397,18 @@ std::vector<std::string> ServiceClient::EjectedInstances(const std::string& serv
     if (st->outlier.IsEjected(ep.id, now)) out.push_back(ep.id);
   }
   return out;
+}
+
+uint64_t ServiceClient::PanicPicks(const std::string& service) {
+  ServiceState* st = nullptr;
+  {
+    std::lock_guard lock(impl_->services_mu);
+    auto it = impl_->services.find(service);
+    if (it == impl_->services.end()) return 0;
+    st = it->second.get();
+  }
+  std::lock_guard lock(st->mu);
+  return st->panic_picks;
 }
 
 Result<std::vector<lb::Endpoint>> ServiceClient::Instances(const std::string& service) {

@@ -434,7 +434,9 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
   }
   std::unordered_set<std::string> tried;
   Status last_error;
-  for (int attempt = 1;; ++attempt) {
+  int dead_tries = 0;  // tries that found their instance dead: not counted as attempts
+  for (int tries = 1;; ++tries) {
+    const int attempt = tries - dead_tries;
     std::optional<lb::Endpoint> ep = impl_->Pick(st, tried);
     if (!ep) {
       std::string msg = "no healthy instance for service " + service;
@@ -452,11 +454,15 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
                 service, ep->id, attempt, try_ms, NowMs() - a.started);
     }
     if (a.result.ok() && a.result->status < 500) {
-      return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
+      return Response{a.result->status, std::move(a.result->body), ep->id, tries};
     }
     lb::AttemptResult ar =
         a.result.ok() ? lb::AttemptResult{lb::AttemptFailure::kStatus, true, a.result->status}
                       : ClassifyError(a.result.status());
+    if (outcome == lb::Outcome::kConnectFailure) {
+      ar.instance_dead = true;
+      ar.dead_tries = ++dead_tries;
+    }
     lb::RetryDecision d;
     {
       std::lock_guard lock(st.mu);
@@ -464,9 +470,9 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
     }
     if (!d.retry) {
       if (a.result.ok()) {
-        return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
+        return Response{a.result->status, std::move(a.result->body), ep->id, tries};
       }
-      return Status::Unavailable("service " + service + ": " + std::to_string(attempt) +
+      return Status::Unavailable("service " + service + ": " + std::to_string(tries) +
                                  " attempt(s) failed, last on " + ep->id + ": " +
                                  a.result.status().message());
     }

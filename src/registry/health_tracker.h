@@ -46,7 +46,8 @@ class HealthTracker {
   // This node just became the leader. Its tracker followed the committed state without seeing a
   // heartbeat, so its TTL and session deadlines are stale (long expired, or set by a
   // registration long ago): every TTL check and session gets one full TTL from `now`, as a new
-  // Consul leader gives. Call after reconciling every check and session with OnCheckChanged /
+  // Consul leader gives; a deregistration of a critical service the follower's timer dropped is
+  // due again. Call after reconciling every check and session with OnCheckChanged /
   // OnSessionChanged.
   void RestartTtls(MonoMs now);
   // A TTL update (pass/warn/fail/update; status in passing|warning|critical) or a probe result for

@@ -129,6 +129,22 @@ TEST_F(HealthTrackerTest, NewLeaderRevivesSessionsAFollowerSawExpire) {
   EXPECT_EQ(actions[0].kind, Kind::kDestroySession);
 }
 
+TEST_F(HealthTrackerTest, NewLeaderDeregistersWhatAFollowerTimerDropped) {
+  pb::Check c = TtlCheck(10'000, "critical");
+  c.mutable_definition()->set_deregister_critical_after_ms(5'000);
+  t_.OnCheckChanged(kKey, &c, now_);
+  auto as_follower = t_.Tick(now_ + 5'000);  // dropped: only a leader proposes
+  ASSERT_EQ(as_follower.size(), 1u);
+  EXPECT_EQ(as_follower[0].kind, Kind::kDeregisterService);
+  const MonoMs elected = now_ + 20'000;
+  t_.OnCheckChanged(kKey, &c, elected);
+  t_.RestartTtls(elected);
+  auto actions = t_.Tick(elected);
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(actions[0].kind, Kind::kDeregisterService);
+  EXPECT_EQ(actions[0].service_id, "web-1");
+}
+
 TEST_F(HealthTrackerTest, HeartbeatOnPassingReturnsNoAction) {
   pb::Check c = TtlCheck(10'000, "passing");
   c.set_output("out");  // the heartbeats repeat the committed output: nothing to write

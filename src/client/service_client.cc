@@ -122,6 +122,7 @@ struct ServiceState {
   lb::RetryPolicy retry;
   lb::TryTimeout try_timeout;
   uint64_t applied_version = 0;
+  uint64_t panic_picks = 0;  // first tries sent to an ejected instance because none other was left
 };
 
 struct ServiceClient::Impl {
@@ -218,6 +219,14 @@ std::optional<lb::Endpoint> ServiceClient::Impl::Pick(
   if (!idx) {
     ctx.eligible = [&](size_t i) { return !st.outlier.IsEjected(eps[i].id, now); };
     idx = st.balancer->Pick(ctx);
+  }
+  if (!idx && tried.empty()) {
+    // Panic, as the proxy does (docs/proxy.md): every instance is ejected. A call's first try goes
+    // to one of them anyway rather than failing unasked: an ejection may be stale (the instance
+    // restarted between two probes), and a dead instance refuses at once.
+    ctx.eligible = [](size_t) { return true; };
+    idx = st.balancer->Pick(ctx);
+    if (idx) ++st.panic_picks;
   }
   if (!idx) return std::nullopt;
   st.balancer->OnStart(*idx, now);
@@ -390,6 +399,18 @@ std::vector<std::string> ServiceClient::EjectedInstances(const std::string& serv
   return out;
 }
 
+uint64_t ServiceClient::PanicPicks(const std::string& service) {
+  ServiceState* st = nullptr;
+  {
+    std::lock_guard lock(impl_->services_mu);
+    auto it = impl_->services.find(service);
+    if (it == impl_->services.end()) return 0;
+    st = it->second.get();
+  }
+  std::lock_guard lock(st->mu);
+  return st->panic_picks;
+}
+
 Result<std::vector<lb::Endpoint>> ServiceClient::Instances(const std::string& service) {
   auto st = impl_->Service(service);
   if (!st.ok()) return st.status();
@@ -413,7 +434,9 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
   }
   std::unordered_set<std::string> tried;
   Status last_error;
-  for (int attempt = 1;; ++attempt) {
+  int dead_tries = 0;  // tries that found their instance dead: not counted as attempts
+  for (int tries = 1;; ++tries) {
+    const int attempt = tries - dead_tries;
     std::optional<lb::Endpoint> ep = impl_->Pick(st, tried);
     if (!ep) {
       std::string msg = "no healthy instance for service " + service;
@@ -431,11 +454,15 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
                 service, ep->id, attempt, try_ms, NowMs() - a.started);
     }
     if (a.result.ok() && a.result->status < 500) {
-      return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
+      return Response{a.result->status, std::move(a.result->body), ep->id, tries};
     }
     lb::AttemptResult ar =
         a.result.ok() ? lb::AttemptResult{lb::AttemptFailure::kStatus, true, a.result->status}
                       : ClassifyError(a.result.status());
+    if (outcome == lb::Outcome::kConnectFailure) {
+      ar.instance_dead = true;
+      ar.dead_tries = ++dead_tries;
+    }
     lb::RetryDecision d;
     {
       std::lock_guard lock(st.mu);
@@ -443,9 +470,9 @@ Result<Response> ServiceClient::Call(const std::string& service, const Request& 
     }
     if (!d.retry) {
       if (a.result.ok()) {
-        return Response{a.result->status, std::move(a.result->body), ep->id, attempt};
+        return Response{a.result->status, std::move(a.result->body), ep->id, tries};
       }
-      return Status::Unavailable("service " + service + ": " + std::to_string(attempt) +
+      return Status::Unavailable("service " + service + ": " + std::to_string(tries) +
                                  " attempt(s) failed, last on " + ep->id + ": " +
                                  a.result.status().message());
     }

@@ -63,10 +63,14 @@ class ServiceClient {
   Result<std::vector<lb::Endpoint>> Instances(const std::string& service);
   // Picks an instance with the balancer and fails over with the retry policy (active failover on
   // connect errors, wait-based retries for idempotent requests on 502/503/504/timeouts, outlier
-  // ejection). Unavailable("no healthy instance for service X") when none is left.
+  // ejection). When every instance is ejected, the first try goes to one of them anyway (panic,
+  // as the proxy's): a stale ejection costs no call, a dead instance refuses at once.
+  // Unavailable("no healthy instance for service X") when the registry lists none.
   Result<Response> Call(const std::string& service, const Request& req);
   // The ids of the instances of `service` ejected now (empty for a service not used yet).
   std::vector<std::string> EjectedInstances(const std::string& service);
+  // Calls whose first try went to an ejected instance because every instance was ejected.
+  uint64_t PanicPicks(const std::string& service);
 
  private:
   struct Impl;  // defined in the .cc: keeps threads, locks and the HTTP client out of this header

@@ -209,12 +209,13 @@ std::vector<std::string> Demo::AmqpAddresses() const {
 
 std::vector<std::string> Demo::ServerArgs(int i) const {
   const ServerState& s = servers_[i];
-  std::vector<std::string> argv = {o_.binary,     "server",
-                                   "--data-dir",  fmt::format("{}/server-{}", o_.work_dir, i + 1),
-                                   "--http",      fmt::format("127.0.0.1:{}", s.http),
-                                   "--amqp",      fmt::format("127.0.0.1:{}", s.amqp),
-                                   "--node-name", fmt::format("node-{}", i + 1),
-                                   "--log-level", "warn"};
+  std::vector<std::string> argv = {
+      o_.binary, "server", "--data-dir", fmt::format("{}/server-{}", o_.work_dir, i + 1), "--http",
+      fmt::format("127.0.0.1:{}", s.http), "--amqp", fmt::format("127.0.0.1:{}", s.amqp),
+      "--node-name", fmt::format("node-{}", i + 1),
+      // info: leader changes and check status changes, to tell why
+      // an instance left the passing list
+      "--log-level", "info"};
   if (o_.cluster > 1) {
     std::string peers;
     for (size_t j = 0; j < servers_.size(); ++j) {

@@ -102,7 +102,9 @@ void RetryPolicy::OnRequest(MonoMs now) { ++CurrentBucket(now).requests; }
 RetryDecision RetryPolicy::Decide(const RequestTraits& req, const AttemptResult& r, int attempt,
                                   MonoMs now, MonoMs deadline) {
   attempt = std::max(attempt, 1);
-  if (attempt >= opts_.max_attempts) return {false, 0, "max attempts reached"};
+  const bool uncounted =
+      r.instance_dead && opts_.max_attempts > 1 && r.dead_tries <= opts_.max_attempts;
+  if (!uncounted && attempt >= opts_.max_attempts) return {false, 0, "max attempts reached"};
   Classified c = Classify(req, r);
   if (c.kind == RetryKind::kNone) return {false, 0, std::move(c.reason)};
   int64_t delay = c.kind == RetryKind::kBackoff ? BackoffMs(attempt) : 0;

@@ -24,6 +24,10 @@ struct AttemptResult {
   AttemptFailure failure;
   bool request_sent = false;
   int status = 0;
+  // The instance was found dead: refused, or a fresh connection reset/closed before any answer.
+  // Such a try did no work and took no time, so it does not use up an attempt (see Decide).
+  bool instance_dead = false;
+  int dead_tries = 0;  // tries of this request that found their instance dead, this one included
 };
 struct RequestTraits {
   bool idempotent = false;  // GET HEAD OPTIONS PUT DELETE TRACE, or marked retryable
@@ -53,7 +57,11 @@ class RetryPolicy {
   // Out-of-range options are clamped to the nearest valid value.
   RetryPolicy(RetryOptions opts, uint64_t seed);
   void OnRequest(MonoMs now);  // every new client request (feeds the budget)
-  // attempt = 1 for the first try. Active failover (connect failed / closed before response with
+  // attempt = 1 for the first try; tries that found their instance dead are not counted in it:
+  // when a worker holding many instances dies, a request may meet dead instances before a live
+  // one, and each of those tries would otherwise take an attempt a slow but live instance needs.
+  // Up to max_attempts such tries per request (when max_attempts > 1) may go past max_attempts.
+  // Active failover (connect failed / closed before response with
   // nothing sent, body buffered) -> retry with delay 0, any method. Once bytes reached an instance:
   // only idempotent requests; a per-try timeout is retried at once too (the timeout was the wait).
   // Wait-based (502/503/504, idempotent) -> jittered backoff.

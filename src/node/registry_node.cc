@@ -258,7 +258,10 @@ void RegistryNode::OnLeadership(bool leader) {
   leader_ = leader;
   // A new leader cannot know when the last heartbeats arrived: every TTL gets a full period of
   // grace from now (DESIGN.md: Health), and health actions the old role dropped are decided anew.
-  if (leader) TrackEverything();
+  if (leader) {
+    TrackEverything();
+    tracker_.RestartTtls(clock_.NowMono());
+  }
   ArmHealthTimer();
 }
 

@@ -60,6 +60,17 @@ Cluster::Cluster(const ClusterOptions& opts, ClusterMetrics& metrics, const Exec
 Cluster::~Cluster() { slots_.clear(); }  // while breaker_ still counts their closes
 
 void Cluster::SetEndpoints(const EndpointSnapshot& snap) {
+  if (snap->empty() && !list_->empty()) {
+    // The registry lists no passing instance any more (say the last one's check timed out under
+    // load): the last ones stay, for panic picks only, rather than none at all. A dead one
+    // refuses at once, so the answer is the same fast 503 when they are truly gone.
+    if (!last_resort_) {
+      HLOG_INFO("proxy_last_resort", "cluster={} kept={}", m_.name, list_->size());
+    }
+    last_resort_ = true;
+    return;
+  }
+  last_resort_ = false;
   balancer_->SetEndpoints(*snap);
   outlier_.SetEndpoints(*snap);
   auto list = std::make_shared<const std::vector<lb::Endpoint>>(balancer_->endpoints());
@@ -98,7 +109,9 @@ void Cluster::Drain() {
 bool Cluster::Eligible(size_t i, MonoMs now, const Tried& tried, bool allow_tried,
                        bool panic) const {
   const std::string& id = (*list_)[i].id;
-  if (!panic && (unhealthy_.contains(id) || outlier_.IsEjected(id, now))) return false;
+  if (!panic && (last_resort_ || unhealthy_.contains(id) || outlier_.IsEjected(id, now))) {
+    return false;
+  }
   if (breaker_.IsFull(id)) return false;
   if (slots_[i].idle.empty() && breaker_.connections(id) >= opts_.circuit.max_connections) {
     return false;

@@ -51,7 +51,9 @@ class Cluster {
   lb::RetryPolicy& retry() { return retry_; }
 
   // Discovery delivered a new immutable list: instances gone get no new picks and their idle
-  // connections close; attempts in flight finish (draining).
+  // connections close; attempts in flight finish (draining). An empty list after a non-empty one
+  // keeps the last instances for panic picks only (the registry lists none passing: a failing
+  // check may be stale, and a request's first try is better spent on one than on a 503 unasked).
   void SetEndpoints(const EndpointSnapshot& snap);
   // Active health checks: unhealthy = no picks; healthy again ends an outlier ejection too.
   void SetHealth(const std::string& id, bool healthy);
@@ -117,6 +119,7 @@ class Cluster {
   std::vector<Slot> slots_;
   std::unordered_map<std::string, size_t> index_of_;
   std::unordered_set<std::string> unhealthy_;
+  bool last_resort_ = false;  // list_ is the last non-empty list; the registry lists none now
   std::unordered_map<std::string, metrics::Histogram*> latency_by_id_;
   bool draining_ = false;
   // Connections that outlive this object (in flight at shutdown) must not report to it.

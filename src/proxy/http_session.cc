@@ -254,7 +254,9 @@ class HttpSession {
     Cluster::Tried tried;
     std::optional<Attempt> last;
     bool allow_tried = false;
-    for (int attempt = 1;; ++attempt) {
+    int dead_tries = 0;  // tries that found their instance dead: not counted as attempts
+    for (int tries = 1;; ++tries) {
+      const int attempt = tries - dead_tries;
       auto picked = c.Pick(now, tried, allow_tried, hash);
       if (!picked) break;
       int64_t budget = std::min(c.TryTimeoutMs(traits.idempotent, attempt, now), deadline - now);
@@ -265,13 +267,14 @@ class HttpSession {
       now = NowMs();
       if (!a.failure) co_return co_await StreamResponse(c, *picked, std::move(a));
       if (*a.failure == lb::AttemptFailure::kConnectFailed) m.connect_errors->Inc();
-      lb::AttemptResult r{*a.failure, a.request_sent, a.status};
+      if (a.definite) ++dead_tries;
+      lb::AttemptResult r{*a.failure, a.request_sent, a.status, a.definite, dead_tries};
       lb::RetryDecision d = c.retry().Decide(traits, r, attempt, now, deadline);
       HLOG_INFO("proxy_attempt_failed",
-                "cluster={} worker={} upstream={} attempt={} failure={} status={} retry={} "
-                "delay_ms={} reason=\"{}\"",
-                m.name, w_.index, picked->endpoint().id, attempt, static_cast<int>(*a.failure),
-                r.status, d.retry, d.delay_ms, d.reason);
+                "cluster={} worker={} upstream={} try={} attempt={} dead={} failure={} status={} "
+                "retry={} delay_ms={} reason=\"{}\"",
+                m.name, w_.index, picked->endpoint().id, tries, attempt, a.definite,
+                static_cast<int>(*a.failure), r.status, d.retry, d.delay_ms, d.reason);
       if (!d.retry) {
         // A 502/503/504 the policy will not retry is the answer.
         if (*a.failure == lb::AttemptFailure::kStatus) {
@@ -284,9 +287,11 @@ class HttpSession {
       last->conn.reset();  // an unread response: the connection cannot be reused
       tried.push_back(picked->endpoint().id);
       m.retries->Inc();
-      // Wait-based retries may come back to a tried instance when no other exists.
+      // Wait-based retries may come back to a tried instance when no other exists; so may a retry
+      // past a dead instance (the tried ones may have been slow, e.g. in a registry leader change,
+      // not dead; the dead one is ejected).
       allow_tried = *last->failure == lb::AttemptFailure::kStatus ||
-                    *last->failure == lb::AttemptFailure::kTimeout;
+                    *last->failure == lb::AttemptFailure::kTimeout || last->definite;
       if (d.delay_ms == 0) {
         m.failovers->Inc();
       } else {

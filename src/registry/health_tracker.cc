@@ -160,6 +160,29 @@ const pb::CheckDefinition* HealthTracker::Definition(const CheckKey& key) const 
   return it == checks_.end() ? nullptr : &it->second.def;
 }
 
+void HealthTracker::RestartTtls(MonoMs now) {
+  for (auto& [key, t] : checks_) {
+    // A deregistration a follower's timer fired was dropped too: due again (not before now).
+    int64_t after = t.def.deregister_critical_after_ms();
+    if (t.status == kCritical && t.critical_since && !t.service_id.empty() && after > 0 &&
+        !t.deregister_at) {
+      t.deregister_at = std::max(now, *t.critical_since + after);
+      Push(timers_, *t.deregister_at, TimerKind::kDeregister, key);
+    }
+    if (t.def.ttl_ms() <= 0) continue;
+    t.ttl_deadline = now + t.def.ttl_ms();
+    Push(timers_, *t.ttl_deadline, TimerKind::kTtl, key);
+  }
+  for (auto& [id, s] : sessions_) {
+    // A session a follower saw expire was never destroyed (only a leader proposes that).
+    s.expired = false;
+    s.expires_at.reset();
+    if (s.ttl_ms <= 0) continue;
+    s.expires_at = now + s.ttl_ms;
+    Push(timers_, *s.expires_at, TimerKind::kSession, {}, id);
+  }
+}
+
 // ---- sessions ----
 
 void HealthTracker::OnSessionChanged(const std::string& id, const pb::Session* session,

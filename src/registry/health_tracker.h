@@ -43,6 +43,13 @@ class HealthTracker {
   // TTL from `now` before it can expire (also after restart: grace).
   void OnCheckChanged(const CheckKey& key, const pb::Check* check, MonoMs now);
   void OnSessionChanged(const std::string& id, const pb::Session* session, MonoMs now);
+  // This node just became the leader. Its tracker followed the committed state without seeing a
+  // heartbeat, so its TTL and session deadlines are stale (long expired, or set by a
+  // registration long ago): every TTL check and session gets one full TTL from `now`, as a new
+  // Consul leader gives; a deregistration of a critical service the follower's timer dropped is
+  // due again. Call after reconciling every check and session with OnCheckChanged /
+  // OnSessionChanged.
+  void RestartTtls(MonoMs now);
   // A TTL update (pass/warn/fail/update; status in passing|warning|critical) or a probe result for
   // an HTTP/TCP check. Flap damping (success_before_passing / failures_before_critical) applies to
   // transitions to passing and to critical; warning is immediate. Resets the TTL deadline for TTL

@@ -304,5 +304,66 @@ TEST_F(ClientTransitionsTest, KilledInstanceLeavesAtOnceAndReturnsWithinAProbeIn
   EXPECT_LT(back_ms, 100 * kSlack);
 }
 
+// Panic pick (docs/client.md): when every instance left in the registry's list is ejected, a
+// call's first try goes to one of them anyway. Here web-0 is ejected (killed, then restarted on its
+// port; probes off so the ejection stays), and the other two leave the registry: without the panic
+// pick the call would fail "no healthy instance" although web-0 answers again.
+TEST_F(ClientTransitionsTest, PanicPickReachesAnEjectedButRestartedInstance) {
+  client::ClientOptions o;
+  o.registry = server_->base_url();
+  o.watch_wait_ms = 5000;
+  o.probe_interval_ms = 0;
+  client::ServiceClient c(o);
+  client::Request req;
+  req.target = "/id";
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = c.Instances("web");
+        return r.ok() && r->size() == 3;
+      },
+      5000, 20));
+  const int b0_port = procs_[0]->Port("backend");
+  procs_[0]->Kill();
+  auto ejected = [&] {
+    auto e = c.EjectedInstances("web");
+    return e.size() == 1 && e[0] == "web-0";
+  };
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = c.Call("web", req);  // every call succeeds elsewhere; one meets web-0 dead
+        EXPECT_TRUE(r.ok() && r->status == 200) << (r.ok() ? "" : r.status().ToString());
+        return ejected();
+      },
+      5000, 1));
+  procs_[0] = StartBackend("b0", b0_port);
+  ASSERT_EQ(procs_[0]->Port("backend"), b0_port);
+  for (int i = 1; i < 3; ++i) {
+    ASSERT_EQ(api_->Put("/v1/agent/service/deregister/web-" + std::to_string(i)).status, 200);
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = c.Instances("web");
+        return r.ok() && r->size() == 1;
+      },
+      5000, 20));
+  ASSERT_TRUE(ejected());
+  EXPECT_EQ(c.PanicPicks("web"), 0u);
+
+  auto r = c.Call("web", req);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->endpoint_id, "web-0");
+  EXPECT_EQ(r->attempts, 1);
+  EXPECT_EQ(c.PanicPicks("web"), 1u);
+
+  // Truly gone: the panic try is refused at once and the call fails fast, not unasked.
+  procs_[0]->Kill();
+  const int64_t t0 = NowMs();
+  auto gone = c.Call("web", req);
+  EXPECT_FALSE(gone.ok());
+  EXPECT_LT(NowMs() - t0, 1000);
+  EXPECT_EQ(c.PanicPicks("web"), 2u);
+}
+
 }  // namespace
 }  // namespace haven::itest

@@ -305,6 +305,62 @@ TEST_F(ClusterFailoverTest, SteadyWriteLoadHoldsOneTerm) {
   EXPECT_GT(load.acked(), 100) << "the load did not run";
 }
 
+// TTL checks across a leader kill: the new leader gives every TTL a full period of grace from its
+// election (an instance heartbeating through a node that keeps working stays passing) and still
+// expires a check whose heartbeats stopped. Both checks are registered through a follower and
+// heartbeated for longer than their TTL first, so the followers' own TTL timers have fired: a new
+// leader that kept those follower-side deadlines never expired the silent check (issue 6).
+TEST_F(ClusterFailoverTest, TtlChecksGetGraceAndStillExpireAfterLeaderKill) {
+  constexpr int64_t kTtlMs = 2000;
+  std::vector<int> all = {0, 1, 2};
+  auto leader = WaitAgreedLeader(all);
+  ASSERT_TRUE(leader.has_value()) << "no leader";
+  const int agent = (*leader + 1) % kNodes;
+  Api api(Url(agent), kWriteTimeoutMs);
+  for (const std::string id : {"beating", "silent"}) {
+    Reply reg =
+        api.Put("/v1/agent/service/register", R"({"ID":")" + id + R"(","Name":")" + id +
+                                                  R"(","Port":8080,)" + R"("Check":{"TTL":"2s"}})");
+    ASSERT_EQ(reg.status, 200) << reg.body;
+  }
+  auto beat = [&](const std::string& id) {
+    return api.Put("/v1/agent/check/pass/service:" + id).status == 200;
+  };
+  const int64_t registered_at = NowMs();
+  while (NowMs() - registered_at < kTtlMs + 1000) {
+    ASSERT_TRUE(beat("beating") && beat("silent"));
+    WaitFor([] { return false; }, 250);
+  }
+  ASSERT_EQ(CheckStatus(api, "silent", "service:silent"), "passing");
+
+  const int64_t kill_at = NowMs();
+  ASSERT_TRUE(node(*leader).Kill().ok());
+  std::vector<int> survivors;
+  for (int i : all) {
+    if (i != *leader) survivors.push_back(i);
+  }
+  // "beating" keeps heartbeating through its agent (failures while there is no leader are fine);
+  // it must never be seen critical. "silent" must go critical, not before its TTL.
+  std::string beating_status, silent_status;
+  const bool expired = WaitFor(
+      [&] {
+        (void)beat("beating");
+        beating_status = CheckStatus(api, "beating", "service:beating");
+        EXPECT_NE(beating_status, "critical") << (NowMs() - kill_at) << " ms after the kill";
+        silent_status = CheckStatus(api, "silent", "service:silent");
+        return silent_status == "critical";
+      },
+      kLeaderDeadlineMs + 4 * kTtlMs, 200);
+  const int64_t critical_after = NowMs() - kill_at;
+  std::cout << "ttl across a leader kill: silent check critical " << critical_after
+            << " ms after the kill (TTL " << kTtlMs << " ms)\n";
+  EXPECT_TRUE(expired) << "the silent check never expired under the new leader (status "
+                       << silent_status << ")";
+  EXPECT_GE(critical_after, kTtlMs) << "expired before a full TTL of grace";
+  auto new_leader = WaitAgreedLeader(survivors);
+  EXPECT_TRUE(new_leader.has_value());
+}
+
 TEST(FailoverFlags, BadTimingIsRefusedWithExitCode2) {
   TempDir dir;
   struct Case {

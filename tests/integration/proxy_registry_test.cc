@@ -84,6 +84,43 @@ TEST_F(ProxyRegistryTest, FollowsPassingInstances) {
   EXPECT_EQ(load.failed(), 0) << load.first_failure();
 }
 
+// The registry stops listing the only instance as passing (its check failed; in the demo, an HTTP
+// check that timed out under load) while it still runs: the proxy keeps it for panic picks, so
+// requests still get answers instead of "no healthy instance" (issue 6).
+TEST_F(ProxyRegistryTest, LastInstanceFailingItsCheckStillGetsFirstTries) {
+  auto b0 = StartBackend("b0");
+  RegisterPassing("web0", *b0);
+  proxy_ = StartProxy({"--service", "web", "--registry", server_->base_url(), "--threads", "2",
+                       "--log-level", "info"});
+  Api api(Url(proxy_->Port("proxy")), 5000);
+  ASSERT_TRUE(WaitFor([&] { return api.Get("/").status == 200; }, 10000));
+  ASSERT_EQ(api_->Put("/v1/agent/check/fail/service:web0").status, 200);
+  // Both workers got the empty list.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::string log = proxy_->ReadLog();
+        size_t first = log.find("event=proxy_last_resort");
+        return first != std::string::npos &&
+               log.find("event=proxy_last_resort", first + 1) != std::string::npos;
+      },
+      5000))
+      << "the proxy never saw the empty passing list";
+  for (int i = 0; i < 20; ++i) {
+    Reply r = api.Get("/");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  Reply m = Api(Url(proxy_->Port("admin")), 5000).Get("/metrics");
+  EXPECT_GE(MetricValue(m.body, "haven_proxy_panic_picks_total{service=\"web\"}").value_or(0), 20)
+      << m.body;
+
+  // Gone for good: a fast 503, not a hang.
+  b0->Kill();
+  const int64_t t0 = NowMs();
+  Reply gone = api.Get("/");
+  EXPECT_EQ(gone.status, 503);
+  EXPECT_LT(NowMs() - t0, 1000);
+}
+
 TEST_F(ProxyRegistryTest, UnknownServiceAnswers503NamingIt) {
   proxy_ = StartProxy({"--service", "nosuch", "--registry", server_->base_url(), "--threads", "1"});
   Api api(Url(proxy_->Port("proxy")), 5000);

@@ -93,6 +93,48 @@ TEST(RetryPolicy, NeverPastMaxAttempts) {
   EXPECT_NE(d.reason.find("attempts"), std::string::npos);
 }
 
+// A worker holding many instances dies: a request's tries meet dead instances (refused, or closed
+// before any answer) before a live one. Those tries do not use up attempts, up to max_attempts of
+// them; a try on a live instance that timed out or answered 503 still counts.
+TEST(RetryPolicy, TriesOnDeadInstancesDoNotUseUpAttempts) {
+  RetryOptions o = NoBudgetLimit();
+  o.max_attempts = 3;
+  RetryPolicy p(o, 1);
+  // Two slow tries counted (attempts 1 and 2), then the third attempt's instance dies mid-request.
+  AttemptResult closed = Fail(AttemptFailure::kClosedBeforeResponse, true);
+  closed.instance_dead = true;
+  closed.dead_tries = 1;
+  auto d = p.Decide(Idempotent(), closed, 3, kNow, kFar);
+  EXPECT_TRUE(d.retry) << d.reason;
+  EXPECT_EQ(d.delay_ms, 0);
+  // The same failure not known to be a death (e.g. a reset after a connect timeout) counts.
+  closed.instance_dead = false;
+  EXPECT_FALSE(p.Decide(Idempotent(), closed, 3, kNow, kFar).retry);
+
+  // Dead tries are bounded: at most max_attempts of them beyond the counted ones.
+  AttemptResult refused = Fail(AttemptFailure::kConnectFailed, false);
+  refused.instance_dead = true;
+  for (int dead = 1; dead <= 3; ++dead) {
+    refused.dead_tries = dead;
+    EXPECT_TRUE(p.Decide(Idempotent(), refused, 3, kNow, kFar).retry) << dead;
+  }
+  refused.dead_tries = 4;
+  d = p.Decide(Idempotent(), refused, 3, kNow, kFar);
+  EXPECT_FALSE(d.retry);
+  EXPECT_NE(d.reason.find("attempts"), std::string::npos);
+
+  // Still never after the request reached an instance, for a non-idempotent request.
+  closed.instance_dead = true;
+  EXPECT_FALSE(p.Decide(NonIdempotent(), closed, 1, kNow, kFar).retry);
+
+  // max_attempts 1 means no retry at all, dead instance or not.
+  RetryOptions one = NoBudgetLimit();
+  one.max_attempts = 1;
+  RetryPolicy q(one, 1);
+  refused.dead_tries = 1;
+  EXPECT_FALSE(q.Decide(Idempotent(), refused, 1, kNow, kFar).retry);
+}
+
 TEST(RetryPolicy, NeverPastDeadline) {
   RetryOptions o = NoBudgetLimit();
   o.backoff_base_ms = 50;

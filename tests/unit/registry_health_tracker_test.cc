@@ -76,6 +76,75 @@ TEST_F(HealthTrackerTest, NewTrackerGivesFullTtlGrace) {
   EXPECT_EQ(t_.Tick(now_ + 5'000).size(), 1u);
 }
 
+// A follower tracks checks without heartbeats (they go to the leader); when it becomes leader,
+// a TTL that would expire soon after (registered shortly before) must get a full TTL of grace.
+TEST_F(HealthTrackerTest, NewLeaderGivesFullTtlToRecentlyRegisteredCheck) {
+  pb::Check c = TtlCheck(10'000, "passing");
+  t_.OnCheckChanged(kKey, &c, now_);  // registered as a follower
+  const MonoMs elected = now_ + 4'000;
+  t_.OnCheckChanged(kKey, &c, elected);  // TrackEverything on leadership
+  t_.RestartTtls(elected);
+  EXPECT_THAT(t_.Tick(now_ + 10'000), IsEmpty());  // the follower's old deadline
+  EXPECT_THAT(t_.Tick(elected + 9'999), IsEmpty());
+  auto actions = t_.Tick(elected + 10'000);
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(actions[0].status, "critical");
+}
+
+// A follower's TTL timer fires (its action is dropped: only a leader proposes); as the new leader
+// the check must still expire one TTL later if no heartbeat comes, and a heartbeat keeps it.
+TEST_F(HealthTrackerTest, NewLeaderExpiresTtlAFollowerSawExpire) {
+  pb::Check c = TtlCheck(10'000, "passing");
+  t_.OnCheckChanged(kKey, &c, now_);
+  EXPECT_EQ(t_.Tick(now_ + 10'000).size(), 1u);  // as a follower: dropped
+  const MonoMs elected = now_ + 60'000;
+  t_.OnCheckChanged(kKey, &c, elected);  // committed status is still passing
+  t_.RestartTtls(elected);
+  EXPECT_THAT(t_.Tick(elected + 9'999), IsEmpty());
+  auto actions = t_.Tick(elected + 10'000);
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(actions[0].status, "critical");
+  EXPECT_EQ(actions[0].output, "TTL expired");
+
+  // Heartbeats keep it passing from then on.
+  c.set_status("critical");
+  t_.OnCheckChanged(kKey, &c, elected + 10'001);
+  EXPECT_EQ(ResultStatus(t_, "passing", elected + 11'000), "passing");
+  EXPECT_THAT(t_.Tick(elected + 20'999), IsEmpty());
+}
+
+TEST_F(HealthTrackerTest, NewLeaderRevivesSessionsAFollowerSawExpire) {
+  pb::Session s;
+  s.set_id("s1");
+  s.set_ttl_ms(10'000);
+  t_.OnSessionChanged("s1", &s, now_);
+  EXPECT_EQ(t_.Tick(now_ + 10'000).size(), 1u);  // as a follower: the destroy is not proposed
+  const MonoMs elected = now_ + 30'000;
+  t_.OnSessionChanged("s1", &s, elected);
+  t_.RestartTtls(elected);
+  EXPECT_TRUE(t_.RenewSession("s1", elected + 1'000));
+  EXPECT_THAT(t_.Tick(elected + 10'999), IsEmpty());
+  auto actions = t_.Tick(elected + 11'000);
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(actions[0].kind, Kind::kDestroySession);
+}
+
+TEST_F(HealthTrackerTest, NewLeaderDeregistersWhatAFollowerTimerDropped) {
+  pb::Check c = TtlCheck(10'000, "critical");
+  c.mutable_definition()->set_deregister_critical_after_ms(5'000);
+  t_.OnCheckChanged(kKey, &c, now_);
+  auto as_follower = t_.Tick(now_ + 5'000);  // dropped: only a leader proposes
+  ASSERT_EQ(as_follower.size(), 1u);
+  EXPECT_EQ(as_follower[0].kind, Kind::kDeregisterService);
+  const MonoMs elected = now_ + 20'000;
+  t_.OnCheckChanged(kKey, &c, elected);
+  t_.RestartTtls(elected);
+  auto actions = t_.Tick(elected);
+  ASSERT_EQ(actions.size(), 1u);
+  EXPECT_EQ(actions[0].kind, Kind::kDeregisterService);
+  EXPECT_EQ(actions[0].service_id, "web-1");
+}
+
 TEST_F(HealthTrackerTest, HeartbeatOnPassingReturnsNoAction) {
   pb::Check c = TtlCheck(10'000, "passing");
   c.set_output("out");  // the heartbeats repeat the committed output: nothing to write

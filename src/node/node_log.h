@@ -36,6 +36,9 @@ struct MachineHooks {
   // The snapshot taken at `index` is on disk (a restart starts from it or a later one); may be
   // empty. Called on a later apply, in index order.
   std::function<void(uint64_t index)> snapshot_durable;
+  // May be empty (or return null). Called right after take_snapshot or restore: the part of that
+  // snapshot streamed after its data to a node that needs it (one machine at most has one).
+  std::function<std::shared_ptr<raft::SnapshotSource>()> snapshot_stream;
 };
 
 class NodeLog {
@@ -64,6 +67,7 @@ class NodeLog {
   void Restore(uint64_t index, const std::string& state);
   void MaybeSnapshot(uint64_t index);
   void NoteDurableSnapshots();
+  std::shared_ptr<raft::SnapshotSource> StreamOf(Machine machine);
 
   storage::LogStore& store_;
   net::IoRuntime& executor_;

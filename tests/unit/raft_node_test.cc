@@ -1026,6 +1026,34 @@ TEST(RaftNode, StreamedSnapshotTransferRestartsOnANewerSnapshot) {
   net.CheckApplied();
 }
 
+TEST(RaftNode, StreamedSnapshotStartsOverWhenTheFollowerRestartsMidTransfer) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 5; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  const std::string stream = StreamBytes('a', 320);
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  int snaps = 0;
+  net.filter = [&](pb::Message& m) { return m.type() != pb::MSG_SNAP || ++snaps <= 10; };
+  net.Heal();
+  net.Tick(2);
+  ASSERT_GT(sink->bytes.size(), 0u);
+  ASSERT_FALSE(sink->finished);
+  // The follower restarts with no partial copy; the leader's next chunk is past its start.
+  net.Crash(f);
+  net.Start(f);
+  net.filter = nullptr;
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 5; }, 200));
+  EXPECT_EQ(sink->begins, 2);
+  EXPECT_EQ(sink->finished_bytes, stream);
+  net.CheckApplied();
+}
+
 TEST(RaftNode, StreamedSnapshotSurvivesLostChunksAndAFailedRead) {
   Config c;
   c.snapshot_chunk_bytes = 8;

@@ -45,7 +45,7 @@ std::string Body(uint64_t seq) {
 class MqSnapshotStreamTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto ports = PickFreePorts(9);
+    auto ports = PickFreePorts(12);
     ASSERT_TRUE(ports.ok()) << ports.status().ToString();
     ports_ = *ports;
   }
@@ -58,10 +58,22 @@ class MqSnapshotStreamTest : public ::testing::Test {
     for (auto& [id, s] : nodes_) (void)s->Kill();
   }
   std::string Addr(size_t slot) const { return "127.0.0.1:" + std::to_string(ports_[slot]); }
+  // Node id (1..4): raft port slot id-1, http slot 3+id, amqp slot 7+id.
   std::string Raft(uint64_t id) const { return Addr(id - 1); }
-  std::string Http(uint64_t id) const { return Addr(2 + id); }
-  std::string Amqp(uint64_t id) const { return Addr(5 + id); }
+  std::string Http(uint64_t id) const { return Addr(3 + id); }
+  std::string Amqp(uint64_t id) const { return Addr(7 + id); }
   std::string Url(uint64_t id) const { return "http://" + Http(id); }
+
+  // `membership`: --peers ... for a founding member, --join for one added later.
+  ServerSpec Spec(uint64_t id, std::vector<std::string> membership) const {
+    ServerSpec spec;
+    spec.http = Http(id);
+    spec.node_name = "n" + std::to_string(id);
+    spec.extra_args = {"--node-id", std::to_string(id), "--raft", Raft(id),           "--amqp",
+                       Amqp(id),    "--mq-window",      "64",     "--snapshot-every", "2000"};
+    spec.extra_args.insert(spec.extra_args.end(), membership.begin(), membership.end());
+    return spec;
+  }
 
   void StartThree() {
     std::string peers;
@@ -69,13 +81,7 @@ class MqSnapshotStreamTest : public ::testing::Test {
       peers += (id > 1 ? "," : "") + std::to_string(id) + "=" + Raft(id);
     }
     for (uint64_t id = 1; id <= 3; ++id) {
-      ServerSpec spec;
-      spec.http = Http(id);
-      spec.node_name = "n" + std::to_string(id);
-      spec.extra_args = {
-          "--node-id", std::to_string(id), "--raft",      Raft(id), "--peers",          peers,
-          "--amqp",    Amqp(id),           "--mq-window", "64",     "--snapshot-every", "2000"};
-      nodes_[id] = std::make_unique<ServerProcess>(spec);
+      nodes_[id] = std::make_unique<ServerProcess>(Spec(id, {"--peers", peers}));
     }
     for (auto& [id, s] : nodes_) {
       Status st = s->Start();
@@ -83,12 +89,45 @@ class MqSnapshotStreamTest : public ::testing::Test {
     }
   }
 
+  // Publishes `count` numbered bodies to `queue` through node `id`, all confirmed.
+  void PublishBacklog(uint64_t id, const std::string& queue, uint64_t count) {
+    client::ProducerOptions po;
+    po.addresses = {Amqp(id)};
+    po.queue = queue;
+    po.confirm_window = 1024;
+    client::Producer producer(po);
+    ASSERT_TRUE(producer.Connect().ok());
+    for (uint64_t i = 0; i < count; ++i) {
+      ASSERT_TRUE(producer.PublishAsync(Body(i)).ok()) << "message " << i;
+    }
+    Status confirmed = producer.WaitConfirms(60'000);
+    ASSERT_TRUE(confirmed.ok()) << confirmed.ToString();
+    producer.Close();
+  }
+
+  // Takes every message of `queue` through node `id`: all there, in order, nothing more.
+  void DrainInOrder(uint64_t id, const std::string& queue, uint64_t count) {
+    client::ConsumerOptions co;
+    co.addresses = {Amqp(id)};
+    co.queue = queue;
+    co.prefetch = 1000;
+    client::Consumer consumer(co);
+    ASSERT_TRUE(consumer.Connect().ok());
+    for (uint64_t next = 0; next < count; ++next) {
+      auto msg = consumer.Next(20'000);
+      ASSERT_TRUE(msg.ok()) << "waiting for message " << next << ": " << msg.status().ToString();
+      ASSERT_EQ(msg->body, Body(next)) << "message " << next << " missing or out of order";
+      ASSERT_TRUE(consumer.Ack(*msg).ok());
+    }
+    EXPECT_TRUE(client::IsTimeout(consumer.Next(300).status())) << "a message more than published";
+  }
+
   // The node whose raft address /v1/status/leader names on node `ask`, 0 if none.
   uint64_t LeaderSeenBy(uint64_t ask) {
     Api api(Url(ask), 2000);
     Reply r = api.Get("/v1/status/leader");
     if (!r.ok()) return 0;
-    for (uint64_t id = 1; id <= 3; ++id) {
+    for (uint64_t id = 1; id <= 4; ++id) {
       if (r.body.find(Raft(id)) != std::string::npos) return id;
     }
     return 0;
@@ -122,19 +161,8 @@ TEST_F(MqSnapshotStreamTest, AFollowerBehindTheCompactedLogInstallsABigBacklogAn
   ServerProcess& l = *nodes_[leader];
   ASSERT_TRUE(f.Kill().ok());
 
-  client::ProducerOptions po;
-  po.addresses = {Amqp(leader)};
-  po.queue = "backlog";
-  po.confirm_window = 1024;
-  client::Producer producer(po);
-  ASSERT_TRUE(producer.Connect().ok());
   const int64_t publish_start = NowMs();
-  for (uint64_t i = 0; i < kMessages; ++i) {
-    ASSERT_TRUE(producer.PublishAsync(Body(i)).ok()) << "message " << i;
-  }
-  Status confirmed = producer.WaitConfirms(60'000);
-  ASSERT_TRUE(confirmed.ok()) << confirmed.ToString();
-  producer.Close();
+  ASSERT_NO_FATAL_FAILURE(PublishBacklog(leader, "backlog", kMessages));
   const int64_t publish_ms = NowMs() - publish_start;
   ASSERT_EQ(Depth(leader, "backlog"), static_cast<int64_t>(kMessages));
   const int64_t leader_before_kib = Kib(l.pid(), "VmRSS");
@@ -178,24 +206,41 @@ TEST_F(MqSnapshotStreamTest, AFollowerBehindTheCompactedLogInstallsABigBacklogAn
 
   // Every message comes out of the follower, in order: its window refills read the records the
   // stream put in its spill.
-  client::ConsumerOptions co;
-  co.addresses = {Amqp(lagging)};
-  co.queue = "backlog";
-  co.prefetch = 1000;
-  client::Consumer consumer(co);
-  ASSERT_TRUE(consumer.Connect().ok());
-  uint64_t next = 0;
   const int64_t drain_start = NowMs();
-  while (next < kMessages) {
-    auto msg = consumer.Next(20'000);
-    ASSERT_TRUE(msg.ok()) << "waiting for message " << next << ": " << msg.status().ToString();
-    ASSERT_EQ(msg->body, Body(next)) << "message " << next << " missing or out of order";
-    ++next;
-    ASSERT_TRUE(consumer.Ack(*msg).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(DrainInOrder(lagging, "backlog", kMessages));
   std::cout << "[mq-snapshot-stream] drained through the follower in " << NowMs() - drain_start
             << " ms\n";
-  EXPECT_TRUE(client::IsTimeout(consumer.Next(300).status())) << "a message more than published";
+}
+
+// A member added while a backlog waits: it starts empty (--join), and the leader's snapshot with
+// the spilled messages streamed is how it gets them.
+TEST_F(MqSnapshotStreamTest, AMemberAddedDuringABacklogGetsItFromTheSnapshot) {
+  constexpr uint64_t kCount = 20'000;
+  ASSERT_NO_FATAL_FAILURE(StartThree());
+  uint64_t leader = 0;
+  ASSERT_TRUE(WaitFor([&] { return (leader = LeaderSeenBy(1)) != 0; }, 20'000, 20));
+  ASSERT_NO_FATAL_FAILURE(PublishBacklog(leader, "jobs", kCount));
+
+  nodes_[4] = std::make_unique<ServerProcess>(Spec(4, {"--join"}));
+  Status st = nodes_[4]->Start();
+  ASSERT_TRUE(st.ok()) << st.ToString() << "\n" << nodes_[4]->ReadLog();
+  CliResult add;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        uint64_t l = LeaderSeenBy(1);
+        if (l == 0) return false;
+        add = RunCli(
+            {"cluster", "add", "4", Raft(4), "--voter", "--timeout", "30s", "--addr", Url(l)});
+        return add.code == 0;
+      },
+      60'000, 200))
+      << add.out;
+  ASSERT_TRUE(WaitFor([&] { return Depth(4, "jobs") == static_cast<int64_t>(kCount); }, 30'000, 20))
+      << "node 4 has " << Depth(4, "jobs");
+  const std::string log = nodes_[4]->ReadLog();
+  EXPECT_NE(log.find("event=mq_snapshot_stream_received"), std::string::npos);
+  EXPECT_EQ(log.find("bad_snapshot"), std::string::npos);
+  ASSERT_NO_FATAL_FAILURE(DrainInOrder(4, "jobs", kCount));
 }
 
 }  // namespace

@@ -95,7 +95,6 @@ Raft::Raft(const Config& config, const InitialState& state) : config_(config) {
     snapshot_.emplace();
     *snapshot_->mutable_meta() = *state.snapshot;
     snapshot_->set_data(*state.snapshot_data);
-    snapshot_stream_ = state.snapshot_stream;
   }
   term_ = state.hard_state.term();
   vote_ = state.hard_state.vote();

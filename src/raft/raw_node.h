@@ -57,10 +57,9 @@ struct InitialState {
   std::vector<pb::Entry> entries;            // the log after the snapshot, contiguous
   uint64_t applied = 0;                      // the state machine has applied up to here
   // The snapshot's data, if the shell has it at hand: a restarted leader can then send it to
-  // followers behind its log (otherwise only after the shell's next Compact).
+  // followers behind its log (otherwise only after the shell's next Compact). A streamed one's
+  // stream comes with SetSnapshotStream.
   std::optional<std::string> snapshot_data;
-  // The rest of that snapshot's data, when the shell streams it (see Compact).
-  std::shared_ptr<SnapshotSource> snapshot_stream;
   // A brand-new node's bootstrap conf-change entries carry these contexts (the shell's member
   // addresses), so that the log alone says where every member is, also after a restart.
   std::map<uint64_t, std::string> bootstrap_context;

@@ -212,14 +212,21 @@ TEST_F(MqSnapshotStreamTest, AFollowerBehindTheCompactedLogInstallsABigBacklogAn
             << " ms\n";
 }
 
-// A member added while a backlog waits: it starts empty (--join), and the leader's snapshot with
-// the spilled messages streamed is how it gets them.
+// A member added while a backlog waits, after the cluster restarted: it starts empty (--join),
+// and the leader's snapshot with the spilled messages streamed is how it gets them.
 TEST_F(MqSnapshotStreamTest, AMemberAddedDuringABacklogGetsItFromTheSnapshot) {
   constexpr uint64_t kCount = 20'000;
   ASSERT_NO_FATAL_FAILURE(StartThree());
   uint64_t leader = 0;
   ASSERT_TRUE(WaitFor([&] { return (leader = LeaderSeenBy(1)) != 0; }, 20'000, 20));
   ASSERT_NO_FATAL_FAILURE(PublishBacklog(leader, "jobs", kCount));
+  // The whole cluster restarts: whoever leads now sends the snapshot it restored at start, with
+  // the stream it pinned then (no snapshot taken since: too few entries).
+  for (uint64_t id = 1; id <= 3; ++id) ASSERT_TRUE(nodes_[id]->Kill().ok());
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(nodes_[id]->Restart().ok()) << nodes_[id]->ReadLog();
+  }
+  ASSERT_TRUE(WaitFor([&] { return LeaderSeenBy(1) != 0; }, 20'000, 20));
 
   nodes_[4] = std::make_unique<ServerProcess>(Spec(4, {"--join"}));
   Status st = nodes_[4]->Start();
@@ -238,8 +245,17 @@ TEST_F(MqSnapshotStreamTest, AMemberAddedDuringABacklogGetsItFromTheSnapshot) {
   ASSERT_TRUE(WaitFor([&] { return Depth(4, "jobs") == static_cast<int64_t>(kCount); }, 30'000, 20))
       << "node 4 has " << Depth(4, "jobs");
   const std::string log = nodes_[4]->ReadLog();
-  EXPECT_NE(log.find("event=mq_snapshot_stream_received"), std::string::npos);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("mq_snapshot_stream_received index=(\\d+)")))
+      << "node 4 did not install a streamed snapshot";
   EXPECT_EQ(log.find("bad_snapshot"), std::string::npos);
+  // It was the one a restarted node loaded from its disk.
+  bool restored = false;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    restored |= nodes_[id]->ReadLog().find("event=recovered snapshot_index=" + m[1].str() + " ") !=
+                std::string::npos;
+  }
+  EXPECT_TRUE(restored) << "snapshot " << m[1] << " was not one restored at start";
   ASSERT_NO_FATAL_FAILURE(DrainInOrder(4, "jobs", kCount));
 }
 

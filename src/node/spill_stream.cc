@@ -43,7 +43,8 @@ metrics::Counter& ReceivedBytes() {
 metrics::Counter& Transfers(const char* result) {
   return metrics::Registry::Default().GetCounter(
       "haven_mq_snapshot_stream_transfers_total",
-      "Snapshot transfers with spilled messages, by outcome (received, failed, read_failed)",
+      "Snapshot transfers with spilled messages: sent (started from the beginning, on the "
+      "leader), received, failed (on the follower), read_failed (on the leader)",
       {{"result", result}});
 }
 
@@ -117,6 +118,7 @@ Status SpillSnapshotSource::Fill(uint64_t from, uint64_t end) {
 
 Result<raft::SnapshotPiece> SpillSnapshotSource::ReadAt(uint64_t offset, uint64_t max_bytes) {
   if (max_bytes == 0) return Status::InvalidArgument("spill stream: empty read");
+  if (offset == 0) Transfers("sent").Inc();
   if (offset < buf_offset_) Reset();
   if (Status s = Fill(offset, offset + max_bytes); !s.ok()) {
     Transfers("read_failed").Inc();

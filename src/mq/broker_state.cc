@@ -1355,6 +1355,17 @@ std::vector<uint64_t> BrokerState::UnackedIds(const std::string& consumer_id) co
   return out;
 }
 
+std::vector<Delivery> BrokerState::Held(const std::string& consumer_id) const {
+  std::vector<Delivery> out;
+  auto it = consumers_.find(consumer_id);
+  if (it == consumers_.end()) return out;
+  const Consumer& c = it->second;
+  for (const auto& [id, m] : c.unacked) {
+    out.push_back({c.id, c.queue, id, m.redelivered, m.delivery_count, c.pull, 0, m.payload});
+  }
+  return out;
+}
+
 std::optional<int64_t> BrokerState::NextExpiryUnixMs() const {
   std::optional<int64_t> out;
   for (const auto& [name, q] : queues_) {

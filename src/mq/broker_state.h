@@ -185,6 +185,9 @@ class BrokerState {
   std::vector<uint64_t> ReadyIds(const std::string& queue) const;          // head first
   std::vector<std::string> ConsumerIds(const std::string& queue) const;    // registration order
   std::vector<uint64_t> UnackedIds(const std::string& consumer_id) const;  // ascending
+  // The messages a consumer holds (delivered, not yet acked), as the deliveries that gave them,
+  // ascending id: what a node re-sends to its connection after installing a snapshot.
+  std::vector<Delivery> Held(const std::string& consumer_id) const;
   std::optional<int64_t> NextExpiryUnixMs() const;  // earliest expiry at a queue head
   bool dispatch_pending() const;
   uint64_t next_message_id() const;

@@ -238,6 +238,9 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
         self->ConnectionError(Error(amqp::kConnectionForced, "CONNECTION_FORCED - owner dropped"));
       }
     };
+    sink.restored = [weak](const std::map<std::string, std::vector<mq::Delivery>>& held) {
+      if (auto self = weak.lock()) self->OnRestored(held);
+    };
     broker.Attach(owner, std::move(sink));
     attached = true;
     last_recv = last_send = NowMs();
@@ -1132,6 +1135,48 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     if (it->second.consumers.erase(where->second) == 0) return;
     DropHeld(it->second, where->second);
     SendMethod(where->first, amqp::BasicCancel{where->second, true});
+  }
+
+  // The broker's state was replaced by a snapshot: a consumer it no longer has is cancelled (as
+  // when its queue is deleted), and a message it says a consumer holds that this connection never
+  // sent goes out now. A consumer whose consume is not applied yet is left alone.
+  void OnRestored(const std::map<std::string, std::vector<mq::Delivery>>& held) {
+    if (closed || state == State::kClosing) return;
+    std::vector<std::string> gone;
+    for (const auto& [id, ch] : channels) {
+      if (ch.closing) continue;
+      for (const auto& [tag, c] : ch.consumers) {
+        if (c.ready && !held.contains(c.id)) gone.push_back(c.id);
+      }
+    }
+    for (const std::string& id : gone) OnBrokerCancel(id);
+    for (const auto& [consumer_id, deliveries] : held) {
+      std::set<uint64_t> known = KnownMessages(consumer_id);
+      for (const mq::Delivery& d : deliveries) {
+        if (!known.contains(d.message_id)) OnDelivery(d);
+      }
+    }
+  }
+
+  // What this connection already has of a consumer's messages: sent and unacked, held back by
+  // the channel's window, or waiting for consume-ok.
+  std::set<uint64_t> KnownMessages(const std::string& consumer_id) const {
+    std::set<uint64_t> out;
+    auto where = SplitConsumerId(consumer_id);
+    if (!where) return out;
+    auto it = channels.find(where->first);
+    if (it == channels.end()) return out;
+    const Channel& ch = it->second;
+    for (const auto& [tag, u] : ch.unacked) {
+      if (u.consumer_id == consumer_id) out.insert(u.message_id);
+    }
+    for (const auto& [tag, d] : ch.held) {
+      if (d.consumer_id == consumer_id) out.insert(d.message_id);
+    }
+    if (auto c = ch.consumers.find(where->second); c != ch.consumers.end()) {
+      for (const mq::Delivery& d : c->second.early) out.insert(d.message_id);
+    }
+    return out;
   }
 
   const AmqpServerOptions opts;  // a copy: this may outlive the server by a handler or two

@@ -178,42 +178,25 @@ void BrokerNode::MaybeProposeDispatch() {
 
 std::string BrokerNode::TakeSnapshot() {
   mq::SnapshotForm form = mq::SnapshotForm::kFull;
-  const uint64_t spilled = state_.spilled_bytes();
-  const bool cluster = IsCluster();
-  const uint64_t limit =
-      cluster ? opts_.max_snapshot_spill_bytes : opts_.max_single_snapshot_spill_bytes;
-  if (opts_.spill != nullptr && spilled > limit) {
+  if (opts_.spill != nullptr) {
     if (Status s = opts_.spill->Sync(); s.ok()) {
       form = mq::SnapshotForm::kLocal;
-      NoteLocalSnapshot(spilled, limit, cluster);
     } else {
+      // A local snapshot needs its records on disk; the full form reads them all back instead.
       HLOG_ERROR("mq_spill_sync_failed", "error=\"{}\" fallback=full_snapshot", s.ToString());
     }
+    spill_keeps_[state_.last_applied()] = state_.SpillKeepNow();
   }
-  if (opts_.spill != nullptr) spill_keeps_[state_.last_applied()] = state_.SpillKeepNow();
+  mq::pb::Snapshot snap = state_.TakeSnapshot(form);
+  snapshot_ranges_ = SpillRanges(snap);
   std::string out;
-  state_.TakeSnapshot(form).SerializeToString(&out);
+  snap.SerializeToString(&out);
   return out;
 }
 
-// A snapshot without the spilled messages is fine on this node but useless to one that has none.
-bool BrokerNode::IsCluster() const {
-  if (!opts_.raft_status) return false;
-  const raft::NodeStatus st = opts_.raft_status();
-  return st.conf.voters_size() + st.conf.learners_size() > 1;
-}
-
-void BrokerNode::NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster) {
-  static metrics::Counter& local = metrics::Registry::Default().GetCounter(
-      "haven_mq_snapshot_without_spill_total",
-      "Snapshots that hold only the queues' in-memory windows (their spilled messages were over "
-      "the limit a snapshot carries)");
-  local.Inc();
-  if (!cluster) return;
-  HLOG_ERROR("mq_snapshot_without_spill",
-             "spilled_bytes={} limit={} effect=\"a member that needs this snapshot cannot install "
-             "the queues (sending spilled messages in chunks is not done yet)\"",
-             spilled_bytes, limit);
+std::shared_ptr<raft::SnapshotSource> BrokerNode::SnapshotStream() {
+  if (opts_.spill == nullptr || snapshot_ranges_.empty()) return nullptr;
+  return std::make_shared<SpillSnapshotSource>(snapshot_ranges_, opts_.spill->Pin());
 }
 
 Status BrokerNode::Restore(const std::string& snapshot) {
@@ -223,7 +206,36 @@ Status BrokerNode::Restore(const std::string& snapshot) {
   // The snapshot restored is durable (loaded at start, or installed from the leader).
   spill_keeps_.clear();
   if (opts_.spill != nullptr) opts_.spill->Truncate(state_.SpillKeepNow());
+  snapshot_ranges_ = SpillRanges(snap);
+  ReconcileSinks();
   return Status::Ok();
+}
+
+// The entries a snapshot replaced were never applied here, so their deliveries and cancels never
+// reached this node's connections: tell each what its consumers hold now.
+void BrokerNode::ReconcileSinks() {
+  if (sinks_.empty()) return;
+  std::map<std::string, std::map<std::string, std::vector<mq::Delivery>>> by_owner;
+  for (const auto& [owner, sink] : sinks_) by_owner[owner];
+  for (const std::string& queue : state_.QueueNames()) {
+    for (const std::string& id : state_.ConsumerIds(queue)) {
+      size_t first = id.find('/');
+      size_t second = first == std::string::npos ? first : id.find('/', first + 1);
+      auto it = by_owner.find(id.substr(0, second));
+      if (it != by_owner.end()) it->second[id] = state_.Held(id);
+    }
+  }
+  std::vector<
+      std::pair<std::function<void(const std::map<std::string, std::vector<mq::Delivery>>&)>,
+                std::map<std::string, std::vector<mq::Delivery>>>>
+      calls;  // a callback may Detach: do not iterate sinks_
+  for (auto& [owner, held] : by_owner) {
+    if (const auto& restored = sinks_[owner].restored)
+      calls.emplace_back(restored, std::move(held));
+  }
+  HLOG_INFO("broker_sinks_reconciled", "connections={} index={}", calls.size(),
+            state_.last_applied());
+  for (auto& [call, held] : calls) call(held);
 }
 
 void BrokerNode::OnSnapshotDurable(uint64_t index) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "base/clock.h"
 #include "base/status.h"
@@ -17,6 +18,7 @@
 #include "net/io_runtime.h"
 #include "node/member_liveness.h"
 #include "node/replicated_log.h"
+#include "node/spill_stream.h"
 #include "raft/raw_node.h"
 #include "storage/spill_store.h"
 
@@ -38,13 +40,6 @@ struct BrokerNodeOptions {
   std::function<std::set<uint64_t>()> gone_members;
   // Where queues put the messages beyond their window (outlives the node); null: in memory.
   storage::SpillStore* spill = nullptr;
-  // A snapshot carries the spilled messages (so that a node without them, a lagging follower or a
-  // new member, can install it) while they are at most this many body bytes; beyond, it holds
-  // the windows only. Raft's transport sends a snapshot in one frame of at most 64 MiB.
-  uint64_t max_snapshot_spill_bytes = uint64_t{16} << 20;
-  // The same for a cluster of one, where no follower needs it today: carrying them costs a read of
-  // the spill and their size in memory at every snapshot, but lets a member added later install it.
-  uint64_t max_single_snapshot_spill_bytes = uint64_t{1} << 20;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -53,6 +48,11 @@ struct BrokerConnectionSink {
   std::function<void(const std::string& consumer_id)> cancelled;  // by the broker (queue deleted)
   // The owner was dropped (e.g. the leader decided this node was gone): close the connection.
   std::function<void()> dropped;
+  // The state was replaced by a snapshot (this node caught up from the leader's; the entries it
+  // skipped never reached the connection): `held` maps each of this owner's push consumers in the
+  // new state to the messages it holds there. A consumer of the connection missing from it is
+  // gone; a held message the connection never sent is to be delivered.
+  std::function<void(const std::map<std::string, std::vector<mq::Delivery>>& held)> restored;
 };
 
 class BrokerNode {
@@ -81,8 +81,14 @@ class BrokerNode {
 
   // Hooks for the log's owner (on the executor):
   void Apply(uint64_t index, const std::string& data);  // a committed mq command
-  // A serialized mq::pb::Snapshot; syncs the spill first, since the log before it goes.
+  // A serialized mq::pb::Snapshot; syncs the spill first, since the log before it goes. With a
+  // spill, the local form: the windows, and where each queue's spilled part is.
   std::string TakeSnapshot();
+  // The spilled records the snapshot taken or restored last refers to, read from a view of the
+  // spill pinned now (call right after TakeSnapshot or Restore): the streamed part of that
+  // snapshot for a node that has none of them. Null without a spill or with nothing spilled.
+  std::shared_ptr<raft::SnapshotSource> SnapshotStream();
+  // Replaces the state, then reconciles the attached connections with it (`restored`).
   Status Restore(const std::string& snapshot);
   // The snapshot at `index` is on disk: spilled records no snapshot since needs may go.
   void OnSnapshotDurable(uint64_t index);
@@ -100,8 +106,7 @@ class BrokerNode {
   void NotifyDropped(const mq::pb::DropOwner& drop);
   void ProposeDetach(const std::string& owner, int attempt);
   void MaybeProposeDispatch();
-  bool IsCluster() const;
-  void NoteLocalSnapshot(uint64_t spilled_bytes, uint64_t limit, bool cluster);
+  void ReconcileSinks();
   void ArmExpiryTimer();
   void OnExpiryTimer();
   void DropGoneMembers();
@@ -128,6 +133,8 @@ class BrokerNode {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   // What the spill keeps for each snapshot taken and not yet known durable, by its broker index.
   std::map<uint64_t, mq::SpillKeep> spill_keeps_;
+  // The spilled parts of the snapshot taken or restored last (for SnapshotStream).
+  std::vector<SpillRange> snapshot_ranges_;
   mq::BrokerState state_;
 };
 

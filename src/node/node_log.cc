@@ -109,7 +109,7 @@ void NodeLog::MaybeSnapshot(uint64_t index) {
     if (m == Machine::kQueues) states.set_queues(hooks.take_snapshot());
   }
   states.set_dedupe(dedupe_.Serialize());
-  raft_->SaveSnapshotAsync(index, states.SerializeAsString());
+  raft_->SaveSnapshotAsync(index, states.SerializeAsString(), StreamOf(Machine::kQueues));
   // Bounded: a snapshot the log never saved (compacted past it) is dropped with the oldest.
   if (saving_.size() >= 16) saving_.erase(saving_.begin());
   saving_.push_back(index);
@@ -128,6 +128,13 @@ void NodeLog::Restore(uint64_t index, const std::string& state) {
   for (auto& [m, hooks] : machines_) {
     hooks.restore(index, m == Machine::kRegistry ? states.registry() : states.queues());
   }
+  if (auto stream = StreamOf(Machine::kQueues)) raft_->SetSnapshotStream(index, std::move(stream));
+}
+
+std::shared_ptr<raft::SnapshotSource> NodeLog::StreamOf(Machine machine) {
+  auto it = machines_.find(machine);
+  if (it == machines_.end() || !it->second.snapshot_stream) return nullptr;
+  return it->second.snapshot_stream();
 }
 
 }  // namespace haven::node

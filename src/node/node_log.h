@@ -39,6 +39,9 @@ struct MachineHooks {
   // On the leader: member `id`'s process was found gone (RaftLogCallbacks::on_member_gone). May
   // be empty.
   std::function<void(uint64_t id)> on_member_gone;
+  // May be empty (or return null). Called right after take_snapshot or restore: the part of that
+  // snapshot streamed after its data to a node that needs it (one machine at most has one).
+  std::function<std::shared_ptr<raft::SnapshotSource>()> snapshot_stream;
 };
 
 class NodeLog {
@@ -67,6 +70,7 @@ class NodeLog {
   void Restore(uint64_t index, const std::string& state);
   void MaybeSnapshot(uint64_t index);
   void NoteDurableSnapshots();
+  std::shared_ptr<raft::SnapshotSource> StreamOf(Machine machine);
 
   storage::LogStore& store_;
   net::IoRuntime& executor_;

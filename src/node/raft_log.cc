@@ -944,6 +944,7 @@ Status RaftLog::Start() {
   cfg.group = im.opts.group;
   cfg.election_tick = im.opts.election_ticks;
   cfg.heartbeat_tick = im.opts.heartbeat_ticks;
+  cfg.snapshot_sink = im.opts.snapshot_sink;
   cfg.unreachable_campaign_ticks = std::min(im.opts.unreachable_campaign_ticks, cfg.election_tick);
   // Real randomness here (the simulator seeds its own): otherwise the same node wins every first
   // election of a fresh cluster.
@@ -1063,25 +1064,34 @@ void RaftLog::AskLeader(std::string request, RaftLogCallbacks::Reply done) {
       });
 }
 
-void RaftLog::SaveSnapshotAsync(uint64_t index, std::string state) {
-  impl_->loop.Post([impl = impl_.get(), index, state = std::move(state)]() mutable {
-    auto term = impl->store.Term(index);
-    if (!term.ok()) return;  // already compacted past it
-    raft::pb::Snapshot snap;
-    snap.mutable_meta()->set_index(index);
-    snap.mutable_meta()->set_term(*term);
-    *snap.mutable_meta()->mutable_conf() = impl->confs.At(index);
-    pb::SnapshotData data;
-    for (const auto& [id, addr] : impl->peers) (*data.mutable_peers())[id] = addr;
-    data.set_state(std::move(state));
-    snap.set_data(data.SerializeAsString());
-    if (Status s = impl->store.SaveSnapshot(MakeStoredSnapshot(snap)); !s.ok()) {
-      HLOG_ERROR("raft_snapshot_failed", "index={} error=\"{}\"", index, s.ToString());
-      return;
-    }
-    if (Status s = impl->node->Compact(std::move(snap)); !s.ok()) {
-      HLOG_WARN("raft_compact_failed", "index={} error=\"{}\"", index, s.ToString());
-    }
+void RaftLog::SaveSnapshotAsync(uint64_t index, std::string state,
+                                std::shared_ptr<raft::SnapshotSource> stream) {
+  impl_->loop.Post(
+      [impl = impl_.get(), index, state = std::move(state), stream = std::move(stream)]() mutable {
+        auto term = impl->store.Term(index);
+        if (!term.ok()) return;  // already compacted past it
+        raft::pb::Snapshot snap;
+        snap.mutable_meta()->set_index(index);
+        snap.mutable_meta()->set_term(*term);
+        *snap.mutable_meta()->mutable_conf() = impl->confs.At(index);
+        pb::SnapshotData data;
+        for (const auto& [id, addr] : impl->peers) (*data.mutable_peers())[id] = addr;
+        data.set_state(std::move(state));
+        snap.set_data(data.SerializeAsString());
+        if (Status s = impl->store.SaveSnapshot(MakeStoredSnapshot(snap)); !s.ok()) {
+          HLOG_ERROR("raft_snapshot_failed", "index={} error=\"{}\"", index, s.ToString());
+          return;
+        }
+        if (Status s = impl->node->Compact(std::move(snap), std::move(stream)); !s.ok()) {
+          HLOG_WARN("raft_compact_failed", "index={} error=\"{}\"", index, s.ToString());
+        }
+      });
+}
+
+void RaftLog::SetSnapshotStream(uint64_t index, std::shared_ptr<raft::SnapshotSource> stream) {
+  // Posted before the loop starts (a restore at Start), it runs first when it does.
+  impl_->loop.Post([impl = impl_.get(), index, stream = std::move(stream)]() mutable {
+    if (impl->node) impl->node->SetSnapshotStream(index, std::move(stream));
   });
 }
 

@@ -51,6 +51,9 @@ struct RaftLogOptions {
   // a second, instead of at the proposal timeout. A new leader before then gets it re-forwarded.
   int64_t leaderless_answer_ms = 700;  // + up to a tick: an answer within 1 s of the leader's death
   size_t max_pending_proposals = 100'000;
+  // Takes the streamed part of snapshots from the leader (the queues' spilled messages); null:
+  // such snapshots are refused.
+  std::shared_ptr<raft::SnapshotSink> snapshot_sink;
 };
 
 struct RaftLogStatus {
@@ -120,8 +123,13 @@ class RaftLog final : public ReplicatedLog {
   // the proposal timeout.
   void AskLeader(std::string request, RaftLogCallbacks::Reply done);
   // The state machine took a snapshot at `index` (applied): it is stored and the log before it
-  // compacted; lagging followers receive it.
-  void SaveSnapshotAsync(uint64_t index, std::string state);
+  // compacted; lagging followers receive it, followed by `stream`'s bytes if given (not stored:
+  // the shell keeps what it reads).
+  void SaveSnapshotAsync(uint64_t index, std::string state,
+                         std::shared_ptr<raft::SnapshotSource> stream = nullptr);
+  // The stream of the snapshot at `index` this node restored (at start, or installed from the
+  // leader), so that it can send that snapshot while it has no newer one.
+  void SetSnapshotStream(uint64_t index, std::shared_ptr<raft::SnapshotSource> stream);
   // Graceful leadership transfer (before a planned shutdown); no-op when not leader.
   void TransferLeadership(uint64_t to);
 

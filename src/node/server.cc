@@ -19,6 +19,7 @@
 #include "node/mq_api.h"
 #include "node/node_log.h"
 #include "node/registry_node.h"
+#include "node/spill_stream.h"
 #include "storage/log_store.h"
 
 namespace haven::node {
@@ -133,6 +134,7 @@ void RegisterBroker(BrokerNode& broker, NodeLog& log) {
   hooks.on_leadership = [&broker](bool leader) { broker.OnLeadership(leader); };
   hooks.snapshot_durable = [&broker](uint64_t index) { broker.OnSnapshotDurable(index); };
   hooks.on_member_gone = [&broker](uint64_t id) { broker.OnMemberGone(id); };
+  hooks.snapshot_stream = [&broker] { return broker.SnapshotStream(); };
   log.Register(Machine::kQueues, std::move(hooks));
 }
 
@@ -221,6 +223,8 @@ int RunServer(const ServerOptions& opts) {
     }
     raft_opts.peers = *peers;
   }
+  // The queues' spilled messages arrive in a snapshot's stream straight into this node's spill.
+  raft_opts.snapshot_sink = std::make_shared<SpillSnapshotSink>(**spill, clock);
   NodeLog log(**store, io, raft_opts, opts.snapshot_every_entries);
   RegistryNode node(node_opts, io, log, clock);
   BrokerNodeOptions broker_opts;

@@ -757,7 +757,8 @@ bool Raft::SendSnapshot(uint64_t to) {
   Progress* pr = GetProgress(to);
   if (pr == nullptr) return false;
   // Only a snapshot at or past the log's start helps a follower that needs compacted entries.
-  if (!snapshot_ || snapshot_->meta().index() < log_.snap_index()) {
+  if (!snapshot_ || snapshot_->meta().index() < log_.snap_index() ||
+      (snapshot_needs_stream_ && !snapshot_stream_)) {
     HLOG_DEBUG("raft_no_snapshot", "group={} id={} to={} first_index={}", config_.group, config_.id,
                to, log_.first_index());
     return false;
@@ -768,19 +769,47 @@ bool Raft::SendSnapshot(uint64_t to) {
 }
 
 void Raft::SendSnapshotChunk(uint64_t to, Progress& pr) {
-  if (!snapshot_) return;
+  if (!snapshot_ || (snapshot_needs_stream_ && !snapshot_stream_)) return;
   if (pr.pending_snapshot != snapshot_->meta().index())
     pr.BecomeSnapshot(snapshot_->meta().index());
-  const std::string& data = snapshot_->data();
-  uint64_t offset = std::min<uint64_t>(pr.snap_acked, data.size());
-  uint64_t len = std::min<uint64_t>(config_.snapshot_chunk_bytes, data.size() - offset);
   pb::Message m = MakeMessage(pb::MSG_SNAP, to);
   *m.mutable_snapshot_meta() = snapshot_->meta();
-  m.set_snapshot_offset(offset);
-  m.set_snapshot_chunk(data.substr(offset, len));
-  m.set_snapshot_done(offset + len == data.size());
+  if (!FillSnapshotChunk(pr.snap_acked, m)) {
+    // The stream cannot be read: this transfer ends; the follower gets one again when it next
+    // needs it (after a retry, or with the next snapshot).
+    pr.BecomeProbe();
+    return;
+  }
   pr.snap_ticks = 0;
   Send(std::move(m));
+}
+
+// A streamed snapshot's data goes first (its own chunks), then the stream, whose last piece says
+// when it is done: the core never needs the stream's length.
+bool Raft::FillSnapshotChunk(uint64_t offset, pb::Message& m) {
+  const std::string& data = snapshot_->data();
+  if (!snapshot_stream_) offset = std::min<uint64_t>(offset, data.size());
+  m.set_snapshot_offset(offset);
+  if (offset < data.size() || !snapshot_stream_) {
+    uint64_t len = std::min<uint64_t>(config_.snapshot_chunk_bytes, data.size() - offset);
+    m.set_snapshot_chunk(data.substr(offset, len));
+    m.set_snapshot_done(!snapshot_stream_ && offset + len == data.size());
+  } else {
+    auto piece = snapshot_stream_->ReadAt(offset - data.size(), config_.snapshot_chunk_bytes);
+    if (!piece.ok() || (piece->data.empty() && !piece->last)) {
+      HLOG_WARN("raft_snapshot_stream_failed", "group={} id={} index={} offset={} error=\"{}\"",
+                config_.group, config_.id, snapshot_->meta().index(), offset,
+                piece.ok() ? "empty piece" : piece.status().ToString());
+      return false;
+    }
+    m.set_snapshot_chunk(std::move(piece->data));
+    m.set_snapshot_done(piece->last);
+  }
+  if (snapshot_stream_) {
+    m.set_snapshot_streamed(true);
+    m.set_snapshot_inline_bytes(data.size());
+  }
+  return true;
 }
 
 void Raft::HandleSnapResponse(const pb::Message& m) {
@@ -795,13 +824,16 @@ void Raft::HandleSnapResponse(const pb::Message& m) {
   }
   if (m.snapshot_meta().index() != pr->pending_snapshot) return;  // about an older transfer
   if (m.reject()) {
-    pr->snap_acked = 0;  // the follower lost its partial copy: start over
-    SendSnapshotChunk(m.from(), *pr);
+    // The follower lost its partial copy (a restart) or refused the transfer (its sink): start
+    // over at the next tick, not at once, so a follower that keeps refusing costs one try a tick.
+    pr->snap_acked = 0;
+    pr->snap_ticks = std::max(pr->snap_ticks, config_.election_tick - 1);
     return;
   }
   // Continue from what the follower holds; that may be less than it said before if a
-  // duplicated first chunk restarted its copy.
-  if (m.index() != pr->snap_acked && m.index() < snapshot_->data().size()) {
+  // duplicated first chunk restarted its copy. A stream's end is known only when read.
+  bool within = snapshot_stream_ || m.index() < snapshot_->data().size();
+  if (m.index() != pr->snap_acked && within) {
     pr->snap_acked = m.index();
     SendSnapshotChunk(m.from(), *pr);
   }
@@ -811,35 +843,97 @@ void Raft::HandleSnap(const pb::Message& m) {
   const pb::SnapshotMeta& meta = m.snapshot_meta();
   pb::Message resp = MakeMessage(pb::MSG_SNAP_RESP, m.from());
   *resp.mutable_snapshot_meta() = meta;
-  if (m.snapshot_offset() == 0) {
-    recv_meta_ = meta;
-    recv_from_ = m.from();
-    recv_data_.clear();
-  }
-  bool same = recv_meta_ && recv_from_ == m.from() && recv_meta_->index() == meta.index() &&
-              recv_meta_->term() == meta.term();
-  if (!same || recv_data_.size() + m.snapshot_chunk().size() > kMaxSnapshotBytes) {
-    recv_meta_.reset();
-    recv_data_.clear();
+  if (!AcceptSnapChunk(m)) {
+    AbortReceive();
     resp.set_reject(true);
     Send(std::move(resp));
     return;
   }
-  if (m.snapshot_offset() == recv_data_.size()) recv_data_ += m.snapshot_chunk();
-  if (m.snapshot_offset() + m.snapshot_chunk().size() != recv_data_.size() || !m.snapshot_done()) {
-    resp.set_index(recv_data_.size());  // a duplicate or a gap: tell the leader where we are
+  const uint64_t have = recv_data_.size() + recv_stream_bytes_;
+  if (m.snapshot_offset() + m.snapshot_chunk().size() != have || !m.snapshot_done()) {
+    resp.set_index(have);  // a duplicate or a gap: tell the leader where we are
     Send(std::move(resp));
     return;
   }
+  if (recv_streamed_) {
+    if (Status s = config_.snapshot_sink->Finish(meta); !s.ok()) {
+      HLOG_WARN("raft_snapshot_sink_failed", "group={} id={} index={} op=finish error=\"{}\"",
+                config_.group, config_.id, meta.index(), s.ToString());
+      AbortReceive();
+      resp.set_reject(true);
+      Send(std::move(resp));
+      return;
+    }
+  }
   std::string data = std::move(recv_data_);
+  const bool streamed = recv_streamed_;
   recv_data_.clear();
   recv_meta_.reset();
+  recv_streamed_ = false;
   resp.set_snapshot_done(true);
-  resp.set_index(InstallSnapshot(meta, std::move(data)));
+  resp.set_index(InstallSnapshot(meta, std::move(data), streamed));
   Send(std::move(resp));
 }
 
-uint64_t Raft::InstallSnapshot(const pb::SnapshotMeta& meta, std::string data) {
+// False: the chunk ends the transfer (another one, too big, a sink that refused it).
+bool Raft::AcceptSnapChunk(const pb::Message& m) {
+  const pb::SnapshotMeta& meta = m.snapshot_meta();
+  if (m.snapshot_offset() == 0) {
+    AbortReceive();
+    recv_meta_ = meta;
+    recv_from_ = m.from();
+    recv_streamed_ = m.snapshot_streamed();
+    recv_inline_bytes_ = m.snapshot_inline_bytes();
+    if (recv_streamed_) {
+      Status s = config_.snapshot_sink == nullptr
+                     ? Status::Unavailable("no snapshot sink: streamed snapshots refused")
+                 : recv_inline_bytes_ > kMaxSnapshotBytes
+                     ? Status::TooLarge("snapshot data over 1 GiB")
+                     : config_.snapshot_sink->Begin(meta);
+      if (!s.ok()) {
+        HLOG_WARN("raft_snapshot_sink_failed", "group={} id={} index={} op=begin error=\"{}\"",
+                  config_.group, config_.id, meta.index(), s.ToString());
+        recv_streamed_ = false;  // nothing begun: nothing to abort
+        return false;
+      }
+    }
+  }
+  bool same = recv_meta_ && recv_from_ == m.from() && recv_meta_->index() == meta.index() &&
+              recv_meta_->term() == meta.term() && recv_streamed_ == m.snapshot_streamed() &&
+              recv_inline_bytes_ == m.snapshot_inline_bytes();
+  if (!same) return false;
+  const uint64_t offset = m.snapshot_offset();
+  const std::string& chunk = m.snapshot_chunk();
+  if (offset != recv_data_.size() + recv_stream_bytes_) return true;  // answered with `have`
+  if (!recv_streamed_) {
+    if (recv_data_.size() + chunk.size() > kMaxSnapshotBytes) return false;
+    recv_data_ += chunk;
+    return true;
+  }
+  if (offset < recv_inline_bytes_) {
+    if (offset + chunk.size() > recv_inline_bytes_) return false;  // chunks do not straddle
+    recv_data_ += chunk;
+    return true;
+  }
+  if (Status s = config_.snapshot_sink->Write(meta, offset - recv_inline_bytes_, chunk); !s.ok()) {
+    HLOG_WARN("raft_snapshot_sink_failed", "group={} id={} index={} op=write error=\"{}\"",
+              config_.group, config_.id, meta.index(), s.ToString());
+    return false;
+  }
+  recv_stream_bytes_ += chunk.size();
+  return true;
+}
+
+void Raft::AbortReceive() {
+  if (recv_meta_ && recv_streamed_ && config_.snapshot_sink) config_.snapshot_sink->Abort();
+  recv_meta_.reset();
+  recv_data_.clear();
+  recv_streamed_ = false;
+  recv_inline_bytes_ = 0;
+  recv_stream_bytes_ = 0;
+}
+
+uint64_t Raft::InstallSnapshot(const pb::SnapshotMeta& meta, std::string data, bool streamed) {
   if (meta.index() <= log_.committed()) return log_.committed();
   if (log_.MatchTerm(meta.index(), meta.term())) {
     // The log already has it: fast-forward the commit and keep the entries after it.
@@ -853,13 +947,15 @@ uint64_t Raft::InstallSnapshot(const pb::SnapshotMeta& meta, std::string data) {
   *snap.mutable_meta() = meta;
   snap.set_data(std::move(data));
   snapshot_ = snap;  // the newest snapshot this node has: the one to send if it leads
+  snapshot_stream_.reset();
+  snapshot_needs_stream_ = streamed;  // its stream went to the sink: the shell gives it back
   pending_snapshot_ = std::move(snap);
-  HLOG_INFO("raft_snapshot_installed", "group={} id={} index={} term={}", config_.group, config_.id,
-            meta.index(), meta.term());
+  HLOG_INFO("raft_snapshot_installed", "group={} id={} index={} term={} streamed={}", config_.group,
+            config_.id, meta.index(), meta.term(), streamed);
   return meta.index();
 }
 
-Status Raft::Compact(pb::Snapshot snapshot) {
+Status Raft::Compact(pb::Snapshot snapshot, std::shared_ptr<SnapshotSource> stream) {
   uint64_t index = snapshot.meta().index();
   if (index > log_.applied()) {
     return Status::InvalidArgument("compact: snapshot index beyond applied");
@@ -881,7 +977,15 @@ Status Raft::Compact(pb::Snapshot snapshot) {
   if (no_conf && index == log_.applied()) *snapshot.mutable_meta()->mutable_conf() = Conf();
   log_.CompactTo(index);
   snapshot_ = std::move(snapshot);
+  snapshot_stream_ = std::move(stream);
+  snapshot_needs_stream_ = false;
   return Status::Ok();
+}
+
+void Raft::SetSnapshotStream(uint64_t index, std::shared_ptr<SnapshotSource> stream) {
+  if (!snapshot_ || snapshot_->meta().index() != index || stream == nullptr) return;
+  snapshot_stream_ = std::move(stream);
+  snapshot_needs_stream_ = false;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,7 +46,9 @@ class Raft final : public RawNode {
   bool HasReady() const override;
   Ready GetReady() override;
   void Advance(const Ready& ready) override;
-  Status Compact(pb::Snapshot snapshot) override;
+  using RawNode::Compact;
+  Status Compact(pb::Snapshot snapshot, std::shared_ptr<SnapshotSource> stream) override;
+  void SetSnapshotStream(uint64_t index, std::shared_ptr<SnapshotSource> stream) override;
   NodeStatus status() const override;
 
  private:
@@ -113,9 +115,12 @@ class Raft final : public RawNode {
   // Snapshots.
   bool SendSnapshot(uint64_t to);
   void SendSnapshotChunk(uint64_t to, Progress& pr);
+  bool FillSnapshotChunk(uint64_t offset, pb::Message& m);
+  bool AcceptSnapChunk(const pb::Message& m);
+  void AbortReceive();
   void HandleSnapResponse(const pb::Message& m);
   void HandleSnap(const pb::Message& m);
-  uint64_t InstallSnapshot(const pb::SnapshotMeta& meta, std::string data);
+  uint64_t InstallSnapshot(const pb::SnapshotMeta& meta, std::string data, bool streamed);
 
   // Reads and transfer.
   bool CommittedInCurrentTerm() const;
@@ -162,10 +167,17 @@ class Raft final : public RawNode {
   std::deque<PendingRead> pending_reads_;
 
   // Snapshots: the latest one to send (from Compact), one being received, one to hand out.
+  // A streamed one is snapshot_'s data followed by snapshot_stream_'s bytes; one installed from a
+  // leader waits for its stream (SetSnapshotStream) before it can be sent.
   std::optional<pb::Snapshot> snapshot_;
+  std::shared_ptr<SnapshotSource> snapshot_stream_;
+  bool snapshot_needs_stream_ = false;
   std::optional<pb::SnapshotMeta> recv_meta_;
   uint64_t recv_from_ = 0;
-  std::string recv_data_;
+  std::string recv_data_;  // the in-memory part
+  bool recv_streamed_ = false;
+  uint64_t recv_inline_bytes_ = 0;
+  uint64_t recv_stream_bytes_ = 0;  // handed to the sink so far
   std::optional<pb::Snapshot> pending_snapshot_;
 
   // Outputs not yet handed out.

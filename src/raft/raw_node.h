@@ -13,6 +13,7 @@
 
 #include "base/status.h"
 #include "raft/raft.pb.h"
+#include "raft/snapshot_stream.h"
 
 namespace haven::raft {
 
@@ -38,6 +39,8 @@ struct Config {
   uint64_t max_uncommitted_bytes = 64 << 20;  // proposals beyond it are refused (Busy)
   uint64_t snapshot_chunk_bytes = 1 << 20;    // InstallSnapshot chunk size
   uint64_t seed = 1;  // randomized election timeouts: deterministic per seed
+  // Takes the streamed part of snapshots from the leader; null: streamed snapshots are refused.
+  std::shared_ptr<SnapshotSink> snapshot_sink;
 
   // Test-only fault injection, so the simulator can show its checkers catch a real bug.
   // Commit entries of older terms by counting replicas (Raft paper Figure 8): unsafe.
@@ -54,7 +57,8 @@ struct InitialState {
   std::vector<pb::Entry> entries;            // the log after the snapshot, contiguous
   uint64_t applied = 0;                      // the state machine has applied up to here
   // The snapshot's data, if the shell has it at hand: a restarted leader can then send it to
-  // followers behind its log (otherwise only after the shell's next Compact).
+  // followers behind its log (otherwise only after the shell's next Compact). A streamed one's
+  // stream comes with SetSnapshotStream.
   std::optional<std::string> snapshot_data;
   // A brand-new node's bootstrap conf-change entries carry these contexts (the shell's member
   // addresses), so that the log alone says where every member is, also after a restart.
@@ -162,8 +166,13 @@ class RawNode {
   virtual void Advance(const Ready& ready) = 0;
 
   // The shell took a state-machine snapshot covering up to `snapshot.meta.index` (<= applied):
-  // the in-memory log before it is dropped, and lagging followers get this snapshot.
-  virtual Status Compact(pb::Snapshot snapshot) = 0;
+  // the in-memory log before it is dropped, and lagging followers get this snapshot: its data,
+  // then `stream`'s bytes if given (the receiver needs a snapshot_sink for those).
+  virtual Status Compact(pb::Snapshot snapshot, std::shared_ptr<SnapshotSource> stream) = 0;
+  Status Compact(pb::Snapshot snapshot) { return Compact(std::move(snapshot), nullptr); }
+  // The stream of the snapshot at `index` this node already holds (one installed from a leader
+  // arrives without: its stream went to the sink). Until then the node cannot send it.
+  virtual void SetSnapshotStream(uint64_t index, std::shared_ptr<SnapshotSource> stream) = 0;
   // Where this node stands (cluster status, metrics, the simulator's checkers).
   virtual NodeStatus status() const = 0;
 };

@@ -50,6 +50,40 @@ metrics::Counter& Read() {
   std::abort();
 }
 
+class RocksView final : public SpillView {
+ public:
+  explicit RocksView(rocksdb::DB* db) : db_(db), snap_(db->GetSnapshot()) {}
+  ~RocksView() override { db_->ReleaseSnapshot(snap_); }
+  RocksView(const RocksView&) = delete;
+  RocksView& operator=(const RocksView&) = delete;
+
+  Result<std::vector<mq::MessageSpill::Record>> Read(uint64_t queue_uid, uint64_t from_id,
+                                                     size_t max_count,
+                                                     size_t max_bytes) const override {
+    std::vector<mq::MessageSpill::Record> out;
+    const std::string end = Key(queue_uid + 1, 0);
+    rocksdb::Slice upper(end);
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snap_;
+    ro.iterate_upper_bound = &upper;
+    ro.fill_cache = false;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+    size_t bytes = 0;
+    for (it->Seek(Key(queue_uid, from_id));
+         it->Valid() && out.size() < max_count && bytes < max_bytes; it->Next()) {
+      bytes += it->value().size();
+      out.emplace_back(IdOf(it->key()), it->value().ToString());
+    }
+    if (!it->status().ok())
+      return Status::IoError("reading the mq spill: " + it->status().ToString());
+    return out;
+  }
+
+ private:
+  rocksdb::DB* db_;
+  const rocksdb::Snapshot* snap_;
+};
+
 class RocksSpill final : public SpillStore {
  public:
   explicit RocksSpill(std::unique_ptr<rocksdb::DB> db) : db_(std::move(db)) {
@@ -102,6 +136,8 @@ class RocksSpill final : public SpillStore {
     if (!s.ok()) return Status::IoError("flushing the mq spill: " + s.ToString());
     return Status::Ok();
   }
+
+  std::shared_ptr<const SpillView> Pin() override { return std::make_shared<RocksView>(db_.get()); }
 
  private:
   void DeleteRange(const std::string& from, const std::string& to) {

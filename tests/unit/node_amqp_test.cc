@@ -337,6 +337,68 @@ TEST_F(AmqpTest, UnackedMessagesAreRedeliveredWhenTheConsumerConnectionCloses) {
   }
 }
 
+// A follower that installs a snapshot skips the entries it replaces, and with them their
+// deliveries and cancels: its connections are told what the state now says.
+TEST_F(AmqpTest, ASnapshotInstalledUnderAConnectionCancelsAndDeliversWhatItNowSays) {
+  auto c = Connect();
+  c->DeclareQueue(1, "work");
+  c->DeclareQueue(1, "other");
+  PublishConfirmed(*c, 1, "work", 5);
+  c->OpenChannel(2);
+  c->Send(2, amqp::BasicQos{0, 2, false});
+  c->Expect<amqp::BasicQosOk>(2);
+  amqp::BasicConsume keep;
+  keep.queue = "work";
+  keep.consumer_tag = "keep";
+  c->Send(2, keep);
+  ASSERT_TRUE(c->Expect<amqp::BasicConsumeOk>(2).has_value());
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(c->Expect<amqp::BasicDeliver>(2).has_value());
+  c->OpenChannel(3);
+  amqp::BasicConsume gone;
+  gone.queue = "other";
+  gone.consumer_tag = "gone";
+  c->Send(3, gone);
+  ASSERT_TRUE(c->Expect<amqp::BasicConsumeOk>(3).has_value());
+
+  // The state a leader's snapshot brings: "keep" was given msg2 as well, and "gone" was
+  // cancelled, in entries this node never applied.
+  mq::pb::Snapshot snap;
+  ASSERT_TRUE(snap.ParseFromString(OnExecutor([&] { return broker_->TakeSnapshot(); })));
+  for (mq::pb::QueueState& qs : *snap.mutable_queues()) {
+    if (qs.queue().name() == "other") qs.clear_consumers();
+    if (qs.queue().name() != "work") continue;
+    ASSERT_EQ(qs.consumers_size(), 1);
+    ASSERT_EQ(qs.ready(0).body(), "msg2");
+    *qs.mutable_consumers(0)->add_unacked() = qs.ready(0);
+    qs.mutable_ready()->erase(qs.mutable_ready()->begin());
+  }
+  Status s = OnExecutor([&] { return broker_->Restore(snap.SerializeAsString()); });
+  ASSERT_TRUE(s.ok()) << s.ToString();
+
+  auto cancel = c->Expect<amqp::BasicCancel>(3);
+  ASSERT_TRUE(cancel.has_value());
+  EXPECT_EQ(cancel->consumer_tag, "gone");
+  auto r = c->Read();
+  ASSERT_TRUE(r.has_value());
+  auto* d = std::get_if<amqp::BasicDeliver>(&r->second.method);
+  ASSERT_NE(d, nullptr) << amqp::NameOf(r->second.method);
+  EXPECT_EQ(r->second.body, "msg2");
+  EXPECT_EQ(d->delivery_tag, 3u);
+  c->SetTimeoutMs(300);
+  EXPECT_FALSE(c->ReadFrame().has_value()) << "msg0 and msg1 were sent again";
+  c->SetTimeoutMs(5000);
+  // All three are acked as the broker knows them: the channel stays open.
+  c->Send(2, amqp::BasicAck{3, true});
+  ASSERT_TRUE(WaitUntil([&] {
+    return OnExecutor([&] { return broker_->state().Stats("work")->counters.acked(); }) == 3;
+  }));
+  for (int i = 0; i < 2; ++i) {
+    auto next = c->Read();
+    ASSERT_TRUE(next.has_value());
+    EXPECT_EQ(next->second.body, "msg" + std::to_string(3 + i));
+  }
+}
+
 TEST_F(AmqpTest, MalformedFrameClosesOnlyThatConnection) {
   auto bad = Connect();
   auto good = Connect();

@@ -222,8 +222,9 @@ class Net {
     return r.ok() ? r.value() : ProposalId{};
   }
 
-  // Takes a snapshot of the node's state machine at its applied index and compacts.
-  Status CompactAt(uint64_t id) {
+  // Takes a snapshot of the node's state machine at its applied index and compacts (its data
+  // followed by `stream`'s bytes when given).
+  Status CompactAt(uint64_t id, std::shared_ptr<SnapshotSource> stream = nullptr) {
     Disk& d = disks_[id];
     pb::Snapshot s;
     s.mutable_meta()->set_index(d.applied);
@@ -232,7 +233,7 @@ class Net {
     uint64_t snap_index = d.snap ? d.snap->meta().index() : 0;
     if (d.applied == snap_index) return Status::Ok();
     s.mutable_meta()->set_term(TermAt(id));
-    Status st = node(id).Compact(s);
+    Status st = node(id).Compact(s, std::move(stream));
     if (!st.ok()) return st;
     d.entries.erase(d.entries.begin(), d.entries.begin() + (d.applied - snap_index));
     d.snap = s;
@@ -902,6 +903,242 @@ TEST(RaftNode, SnapshotTransferSurvivesALostChunk) {
   ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 10; }, 100));
   EXPECT_EQ(dropped, 1);
   net.CheckApplied();
+}
+
+// A stream held in memory; reads can be made to fail.
+class MemSource final : public SnapshotSource {
+ public:
+  explicit MemSource(std::string bytes) : bytes_(std::move(bytes)) {}
+  Result<SnapshotPiece> ReadAt(uint64_t offset, uint64_t max_bytes) override {
+    ++reads;
+    if (fail) return Status::IoError("injected read failure");
+    if (offset > bytes_.size()) return Status::InvalidArgument("beyond the end");
+    SnapshotPiece p;
+    p.data = bytes_.substr(offset, max_bytes);
+    p.last = offset + p.data.size() == bytes_.size();
+    return p;
+  }
+  bool fail = false;
+  int reads = 0;
+
+ private:
+  std::string bytes_;
+};
+
+// Collects what a follower receives; every transfer begins afresh.
+class MemSink final : public SnapshotSink {
+ public:
+  Status Begin(const pb::SnapshotMeta& meta) override {
+    ++begins;
+    index = meta.index();
+    bytes.clear();
+    finished = false;
+    return Status::Ok();
+  }
+  Status Write(const pb::SnapshotMeta& meta, uint64_t offset, std::string_view b) override {
+    EXPECT_EQ(meta.index(), index);
+    EXPECT_EQ(offset, bytes.size()) << "stream bytes out of order";
+    if (refuse_writes) return Status::IoError("injected write failure");
+    bytes.append(b);
+    return Status::Ok();
+  }
+  Status Finish(const pb::SnapshotMeta& meta) override {
+    EXPECT_EQ(meta.index(), index);
+    finished = true;
+    finished_bytes = bytes;
+    return Status::Ok();
+  }
+  void Abort() override { ++aborts; }
+  int begins = 0, aborts = 0;
+  uint64_t index = 0;
+  bool finished = false, refuse_writes = false;
+  std::string bytes, finished_bytes;
+};
+
+std::string StreamBytes(char c, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s.push_back(static_cast<char>(c + i % 7));
+  return s;
+}
+
+TEST(RaftNode, StreamedSnapshotGoesToTheSinkAfterItsData) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 12; ++i) net.MustPropose(l, "value-" + std::to_string(i));
+  const std::string stream = StreamBytes('a', 300);
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  net.Heal();
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 12; }, 100));
+  EXPECT_TRUE(sink->finished);
+  EXPECT_EQ(sink->finished_bytes, stream);
+  EXPECT_EQ(sink->begins, 1);
+  // The in-memory part is what the follower installs (and persists); the stream went to the sink.
+  EXPECT_EQ(net.disk(f).state.back(), "value-11");
+  // Chunks never straddle the data and the stream.
+  for (const pb::Message& m : net.sent) {
+    if (m.type() != pb::MSG_SNAP) continue;
+    EXPECT_TRUE(m.snapshot_streamed());
+    uint64_t inline_bytes = m.snapshot_inline_bytes();
+    if (m.snapshot_offset() < inline_bytes) {
+      EXPECT_LE(m.snapshot_offset() + m.snapshot_chunk().size(), inline_bytes);
+    }
+  }
+  net.MustPropose(l, "after");
+  EXPECT_EQ(net.disk(f).state.back(), "after");
+  net.CheckApplied();
+}
+
+TEST(RaftNode, StreamedSnapshotTransferRestartsOnANewerSnapshot) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 5; ++i) net.MustPropose(l, "old-" + std::to_string(i));
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(StreamBytes('a', 400))).ok());
+  // Let a few stream chunks through, then lose the rest: the transfer stalls half way.
+  int snaps = 0;
+  net.filter = [&](pb::Message& m) { return m.type() != pb::MSG_SNAP || ++snaps <= 8; };
+  net.Heal();
+  net.Tick(2);
+  ASSERT_GT(sink->bytes.size(), 0u);
+  ASSERT_FALSE(sink->finished);
+  // A newer snapshot replaces it (its records may be gone from the leader's disk): the follower
+  // gets the new one from its start.
+  net.Isolate(f);
+  for (int i = 0; i < 5; ++i) net.MustPropose(l, "new-" + std::to_string(i));
+  const std::string newer = StreamBytes('k', 250);
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(newer)).ok());
+  net.filter = nullptr;
+  net.Heal();
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 10; }, 200));
+  EXPECT_EQ(sink->begins, 2);
+  EXPECT_EQ(sink->finished_bytes, newer);
+  net.CheckApplied();
+}
+
+TEST(RaftNode, StreamedSnapshotStartsOverWhenTheFollowerRestartsMidTransfer) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 5; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  const std::string stream = StreamBytes('a', 320);
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  int snaps = 0;
+  net.filter = [&](pb::Message& m) { return m.type() != pb::MSG_SNAP || ++snaps <= 10; };
+  net.Heal();
+  net.Tick(2);
+  ASSERT_GT(sink->bytes.size(), 0u);
+  ASSERT_FALSE(sink->finished);
+  // The follower restarts with no partial copy; the leader's next chunk is past its start.
+  net.Crash(f);
+  net.Start(f);
+  net.filter = nullptr;
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 5; }, 200));
+  EXPECT_EQ(sink->begins, 2);
+  EXPECT_EQ(sink->finished_bytes, stream);
+  net.CheckApplied();
+}
+
+TEST(RaftNode, StreamedSnapshotSurvivesLostChunksAndAFailedRead) {
+  Config c;
+  c.snapshot_chunk_bytes = 8;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 6; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  const std::string stream = StreamBytes('a', 120);
+  auto source = std::make_shared<MemSource>(stream);
+  source->fail = true;
+  ASSERT_TRUE(net.CompactAt(l, source).ok());
+  int dropped = 0;
+  net.filter = [&](pb::Message& m) {
+    bool in_stream = m.type() == pb::MSG_SNAP && m.snapshot_offset() >= m.snapshot_inline_bytes();
+    if (in_stream && (m.snapshot_offset() - m.snapshot_inline_bytes()) % 24 == 8 && dropped < 3) {
+      ++dropped;
+      return false;
+    }
+    return true;
+  };
+  net.Heal();
+  net.Tick(3);
+  EXPECT_GT(source->reads, 0);
+  EXPECT_FALSE(sink->finished) << "a source that cannot be read sends nothing";
+  source->fail = false;  // the disk is back: the next attempt goes through
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 6; }, 300));
+  EXPECT_EQ(sink->finished_bytes, stream);
+  EXPECT_GT(dropped, 0);
+  net.CheckApplied();
+}
+
+TEST(RaftNode, StreamedSnapshotIsRefusedWithoutASinkAndNotResentWithoutItsStream) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  Net net({1, 2, 3}, c);  // no sink anywhere
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 4; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(StreamBytes('a', 40))).ok());
+  net.Heal();
+  net.Tick(5);
+  EXPECT_TRUE(net.disk(f).state.empty()) << "installed a snapshot whose stream went nowhere";
+  size_t rejects = 0;
+  for (const pb::Message& m : net.sent) rejects += m.type() == pb::MSG_SNAP_RESP && m.reject();
+  EXPECT_GT(rejects, 0u);
+}
+
+TEST(RaftNode, InstalledStreamedSnapshotIsSentOnlyOnceTheShellGivesItsStream) {
+  Config c;
+  c.snapshot_chunk_bytes = 16;
+  auto sink = std::make_shared<MemSink>();
+  c.snapshot_sink = sink;
+  Net net({1, 2, 3}, c);
+  uint64_t l = net.ElectLeader();
+  uint64_t f = l == 3 ? 2 : 3;
+  net.Isolate(f);
+  for (int i = 0; i < 4; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  const std::string stream = StreamBytes('a', 64);
+  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  net.Heal();
+  ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 4; }, 100));
+  const uint64_t index = net.disk(f).snap->meta().index();
+  // f leads now, and the third node has to catch up from f's snapshot.
+  uint64_t third = 6 - l - f;
+  net.Isolate(third);
+  net.node(f).TransferLeadership(f);
+  net.Stabilize();
+  ASSERT_EQ(net.Leader(), f);
+  net.Crash(third);
+  net.disk(third) = Disk{};  // lost its disk: needs a snapshot
+  net.disk(third).bootstrap = Voters({1, 2, 3});
+  net.disk(third).conf_in_log = false;
+  net.Start(third);
+  net.Heal();
+  net.sent.clear();
+  net.Tick(5);
+  EXPECT_EQ(CountSent(net, pb::MSG_SNAP), 0u) << "sent a snapshot without its stream";
+  sink->finished = false;
+  net.node(f).SetSnapshotStream(index, std::make_shared<MemSource>(stream));
+  ASSERT_TRUE(net.TickUntil([&] { return sink->finished; }, 100));
+  EXPECT_EQ(sink->finished_bytes, stream);
 }
 
 TEST(RaftNode, RestartReemitsCommittedEntriesAfterApplied) {

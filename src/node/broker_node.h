@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "base/clock.h"
 #include "base/status.h"
@@ -41,6 +42,11 @@ struct BrokerNodeOptions {
   // The same for a cluster of one, where no follower needs it today: carrying them costs a read of
   // the spill and their size in memory at every snapshot, but lets a member added later install it.
   uint64_t max_single_snapshot_spill_bytes = uint64_t{1} << 20;
+  // Commands proposed in one turn of the executor (every connection's publishes, acks, ...) go to
+  // the log as one Batch entry, up to these bounds (then another one starts): one proposal to
+  // replicate, store and apply instead of one per message. 1 proposes each on its own.
+  size_t max_batch_commands = 512;
+  size_t max_batch_bytes = size_t{1} << 20;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -64,7 +70,8 @@ class BrokerNode {
   ~BrokerNode();
 
   // --- on the executor thread only ---
-  // Stamps the time and proposes; `done` runs once the command is applied here (or failed).
+  // Stamps the time and proposes (with the other commands of this executor turn, in order, as one
+  // entry); `done` runs once the command is applied here (or failed).
   void Propose(mq::pb::Command cmd, ProposeDone done);
   // A new owner id for a connection: "RAFT_ID:BOOT/SEQ", unique across restarts of this node.
   std::string NewOwnerId();
@@ -88,6 +95,14 @@ class BrokerNode {
   void DropPreviousBoots();
 
  private:
+  struct Queued {
+    mq::pb::Command cmd;
+    ProposeDone done;
+  };
+  // Proposes what Propose gathered: one command as itself, several as one Batch.
+  void FlushBatch();
+  void ProposeEntry(mq::pb::Command cmd, ProposeDone done);
+  void ApplyCommand(const mq::pb::Command& cmd, const mq::ApplyResult& result);
   void Route(const mq::pb::Command& cmd, const mq::ApplyResult& result);
   // The attached owner hosting consumer "OWNER/channel/tag", or null.
   BrokerConnectionSink* SinkFor(const std::string& consumer_id);
@@ -108,6 +123,9 @@ class BrokerNode {
   std::string boot_;  // random 64-bit hex: tells this boot's owners from earlier ones
   uint64_t next_owner_seq_ = 1;
   std::map<std::string, BrokerConnectionSink> sinks_;  // by owner id
+  std::vector<Queued> batch_;  // proposed this turn, not yet handed to the log
+  size_t batch_bytes_ = 0;
+  bool flush_posted_ = false;
   // The outcome of the entry applied last: the log calls a proposal's DoneFn right after applying
   // its entry (ReplicatedLog's contract), so one slot serves every proposal.
   uint64_t last_result_index_ = 0;

@@ -172,12 +172,14 @@ void BrokerNode::Apply(uint64_t index, const std::string& data) {
   mq::pb::Command cmd;
   if (!cmd.ParseFromString(data)) {
     HLOG_ERROR("broker_bad_entry", "index={} bytes={}", index, data.size());
+    last_commands_ = 1;
     last_result_index_ = index;
     last_result_ = {};
     last_result_.error = {mq::BrokerError::kInternalError, "INTERNAL_ERROR - unreadable command"};
     return;
   }
   mq::ApplyResult result = state_.Apply(index, cmd);
+  last_commands_ = cmd.has_batch() ? std::max<uint64_t>(cmd.batch().commands_size(), 1) : 1;
   if (cmd.has_batch()) {
     for (int i = 0; i < cmd.batch().commands_size() && i < static_cast<int>(result.batch.size());
          ++i) {

@@ -83,7 +83,8 @@ class BrokerNode {
   const mq::BrokerState& state() const { return state_; }
 
   // Hooks for the log's owner (on the executor):
-  void Apply(uint64_t index, const std::string& data);  // a committed mq command
+  void Apply(uint64_t index, const std::string& data);       // a committed mq command
+  uint64_t last_commands() const { return last_commands_; }  // in the entry applied last
   // A serialized mq::pb::Snapshot; syncs the spill first, since the log before it goes.
   std::string TakeSnapshot();
   Status Restore(const std::string& snapshot);
@@ -129,6 +130,7 @@ class BrokerNode {
   // The outcome of the entry applied last: the log calls a proposal's DoneFn right after applying
   // its entry (ReplicatedLog's contract), so one slot serves every proposal.
   uint64_t last_result_index_ = 0;
+  uint64_t last_commands_ = 1;
   mq::ApplyResult last_result_;
   bool leader_ = false;
   bool dispatch_in_flight_ = false;

@@ -132,6 +132,7 @@ void RegisterBroker(BrokerNode& broker, NodeLog& log) {
   };
   hooks.on_leadership = [&broker](bool leader) { broker.OnLeadership(leader); };
   hooks.snapshot_durable = [&broker](uint64_t index) { broker.OnSnapshotDurable(index); };
+  hooks.last_commands = [&broker] { return broker.last_commands(); };
   log.Register(Machine::kQueues, std::move(hooks));
 }
 

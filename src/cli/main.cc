@@ -40,8 +40,10 @@ int Main(int argc, char** argv) {
                    "How long deleted KV keys are remembered for blocking queries (1 to 2x this)")
       ->capture_default_str();
   server
-      ->add_option("--snapshot-every", server_opts.snapshot_every_entries,
-                   "Log entries between two snapshots")
+      ->add_option(
+          "--snapshot-every", server_opts.snapshot_every_entries,
+          "Commands applied between two snapshots (log entries; each command of a queue batch "
+          "counts)")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{100}, uint64_t{100'000'000}));
   server->add_option("--node-id", server_opts.raft_node_id, "Raft member id (1, 2, ...)")

@@ -173,13 +173,35 @@ void BrokerState::InitDefaults() {
 // ---- Apply ----
 
 ApplyResult BrokerState::Apply(uint64_t index, const pb::Command& cmd) {
-  ApplyResult result;
   if (index <= last_applied_) {
+    ApplyResult result;
     result.error = BrokerError{BrokerError::kInternalError,
                                "INTERNAL_ERROR - apply index " + std::to_string(index) +
                                    " is not after " + std::to_string(last_applied_)};
     return result;
   }
+  ApplyResult result = cmd.has_batch() ? ApplyBatch(cmd.batch()) : ApplyOne(cmd);
+  last_applied_ = index;
+  return result;
+}
+
+ApplyResult BrokerState::ApplyBatch(const pb::Batch& batch) {
+  ApplyResult result;
+  if (static_cast<size_t>(batch.commands_size()) > options_.max_commands_per_batch) {
+    result.error = BrokerError{BrokerError::kResourceError,
+                               "RESOURCE_ERROR - a batch of " +
+                                   std::to_string(batch.commands_size()) + " commands (limit " +
+                                   std::to_string(options_.max_commands_per_batch) + ")"};
+    return result;
+  }
+  result.batch.reserve(batch.commands_size());
+  for (const pb::Command& cmd : batch.commands()) result.batch.push_back(ApplyOne(cmd));
+  result.dispatch_pending = dispatch_pending_;
+  return result;
+}
+
+ApplyResult BrokerState::ApplyOne(const pb::Command& cmd) {
+  ApplyResult result;
   Ctx ctx;
   ctx.now = cmd.now_unix_ms();
   ctx.r = &result;
@@ -237,12 +259,14 @@ ApplyResult BrokerState::Apply(uint64_t index, const pb::Command& cmd) {
       break;
     case pb::Command::kDispatch:
       break;  // DispatchAll below continues what is pending
+    case pb::Command::kBatch:
+      ctx.Fail(BrokerError::kNotAllowed, "NOT_ALLOWED", "a batch inside a batch");
+      break;
     case pb::Command::OP_NOT_SET:
       ctx.Fail(BrokerError::kNotAllowed, "NOT_ALLOWED", "empty command");
       break;
   }
   if (!ctx.failed()) DispatchAll(ctx);
-  last_applied_ = index;
   result.dispatch_pending = dispatch_pending_;
   return result;
 }

@@ -60,6 +60,7 @@ struct BrokerOptions {
                                             // rejected like x-overflow reject-publish
   size_t max_ids_per_command = 100'000;     // message ids in one ack/nack
   size_t max_deliveries_per_apply = 1'000;  // more: ApplyResult.dispatch_pending, then Dispatch
+  size_t max_commands_per_batch = 10'000;   // in one Batch command
   uint32_t max_dead_letter_count = 16;  // a message dead-lettered more often is dropped (cycles)
   // Ready messages a queue keeps in memory before the rest go to the spill (at least 1).
   size_t window = 4096;
@@ -136,6 +137,9 @@ struct ApplyResult {
   std::vector<std::string> deleted_queues;       // explicitly, exclusive or auto-deleted
   std::vector<std::string> deleted_exchanges;    // explicitly or auto-deleted
   bool dispatch_pending = false;  // deliveries left for later: propose a Dispatch command
+  // A Batch command: the result of each of its commands, in order (`error` above stays ok unless
+  // the batch itself was refused, e.g. too many commands: then none of them was applied).
+  std::vector<ApplyResult> batch;
 };
 
 // The state machine. Conventions the shell follows:
@@ -161,7 +165,9 @@ class BrokerState {
   // windows; null: a MemorySpill of its own.
   explicit BrokerState(BrokerOptions options = {}, MessageSpill* spill = nullptr);
 
-  // Applies a committed command at log index `index` (strictly increasing). Deterministic.
+  // Applies a committed command at log index `index` (strictly increasing). Deterministic. A
+  // Batch applies its commands in order, each exactly as it would apply alone (one that fails
+  // changes nothing and does not stop the others); their results are in ApplyResult.batch.
   ApplyResult Apply(uint64_t index, const pb::Command& cmd);
   uint64_t last_applied() const;
 
@@ -195,6 +201,9 @@ class BrokerState {
   size_t consumer_count() const;
 
  private:
+  ApplyResult ApplyOne(const pb::Command& cmd);
+  ApplyResult ApplyBatch(const pb::Batch& batch);
+
   struct Consumer {
     std::string id, owner, queue;
     uint32_t credit = 0;

@@ -191,9 +191,16 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     bool closing = false;  // we sent channel.close and wait for close-ok
     bool confirm = false;
     uint64_t next_publish_seq = 1;
-    uint16_t prefetch = 0;         // per consumer, for consumers created after it is set
-    uint16_t global_prefetch = 0;  // shared by all the channel's consumers (0: no limit)
-    size_t counted_unacked = 0;    // unacked entries with `counted`
+    // Publisher confirms: every seq below confirm_floor is answered or in the ack run; the run
+    // (seqs acked in order from the floor up, not sent yet) goes out as one basic.ack multiple
+    // per executor turn instead of one frame per message.
+    uint64_t confirm_floor = 1;
+    uint64_t ack_run_first = 0;  // 0: no run
+    uint64_t ack_run_last = 0;
+    std::set<uint64_t> answered_above;  // answered out of order (a failed proposal): rare
+    uint16_t prefetch = 0;              // per consumer, for consumers created after it is set
+    uint16_t global_prefetch = 0;       // shared by all the channel's consumers (0: no limit)
+    size_t counted_unacked = 0;         // unacked entries with `counted`
     // Deliveries the broker made that would put the channel over global_prefetch: sent, in order,
     // as acks make room. Bounded: each consumer's broker window is at most global_prefetch.
     std::deque<std::pair<std::string, mq::Delivery>> held;  // (consumer tag, delivery)
@@ -335,7 +342,58 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     out.append(bytes);
     last_send = NowMs();
     if (Buffered() > opts.hard_write_buffer_bytes) return Finish("output buffer over limit");
-    Flush();
+    FlushSoon();
+  }
+  // What this turn of the executor sends (the confirms and deliveries of a whole batch of applied
+  // commands) goes out in one write, after the handlers already queued.
+  void FlushSoon() {
+    if (flush_posted) return;
+    flush_posted = true;
+    executor.Post([self = shared_from_this()] {
+      self->flush_posted = false;
+      self->SendAckRuns();
+      self->Flush();
+    });
+  }
+  // ---- publisher confirms ----
+  void Confirm(uint16_t id, Channel& ch, uint64_t seq, bool ack) {
+    if (ack && seq == ch.confirm_floor) {
+      if (ch.ack_run_first == 0) ch.ack_run_first = seq;
+      ch.ack_run_last = seq;
+      RaiseConfirmFloor(ch);
+      ack_runs.insert(id);
+      return FlushSoon();
+    }
+    SendAckRun(id, ch);  // it answers lower seqs: first
+    if (ack) {
+      SendMethod(id, amqp::BasicAck{seq, false});
+    } else {
+      SendMethod(id, amqp::BasicNack{seq, false, false});
+    }
+    if (seq == ch.confirm_floor) {
+      RaiseConfirmFloor(ch);
+    } else if (seq > ch.confirm_floor && ch.answered_above.size() < opts.max_in_flight) {
+      ch.answered_above.insert(seq);
+    }
+  }
+  static void RaiseConfirmFloor(Channel& ch) {
+    ++ch.confirm_floor;
+    while (!ch.answered_above.empty() && *ch.answered_above.begin() <= ch.confirm_floor) {
+      if (*ch.answered_above.begin() == ch.confirm_floor) ++ch.confirm_floor;
+      ch.answered_above.erase(ch.answered_above.begin());
+    }
+  }
+  // Multiple: it answers every seq up to the run's last, and all below the run were answered.
+  void SendAckRun(uint16_t id, Channel& ch) {
+    if (ch.ack_run_last == 0) return;
+    SendMethod(id, amqp::BasicAck{ch.ack_run_last, ch.ack_run_last > ch.ack_run_first});
+    ch.ack_run_first = ch.ack_run_last = 0;
+  }
+  void SendAckRuns() {
+    for (uint16_t id : ack_runs) {
+      if (auto it = channels.find(id); it != channels.end()) SendAckRun(id, it->second);
+    }
+    ack_runs.clear();
   }
   template <typename M>
   void SendMethod(uint16_t channel, const M& m) {
@@ -366,6 +424,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
   // ---- errors ----
   void ConnectionError(const amqp::AmqpError& e) {
     if (closed || state == State::kClosing) return;
+    SendAckRuns();
     HLOG_DEBUG("amqp_connection_error", "owner={} code={} text=\"{}\"", owner, e.code, e.text);
     if (state == State::kHeader) return Finish(e.text);
     amqp::ConnectionClose close{e.code, e.text, e.class_id, e.method_id};
@@ -381,13 +440,15 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
     if (!amqp::IsChannelError(e.code)) return ConnectionError(e);
     auto it = channels.find(id);
     if (it == channels.end() || it->second.closing) return;
+    SendAckRun(id, it->second);  // confirms of messages applied before the error
     amqp::ChannelClose close{e.code, e.text, e.class_id, e.method_id};
     SendMethod(id, close);
     it->second.closing = true;
     CleanupChannel(id, it->second);
   }
   // The channel ends: its consumers go (their unacked messages back to the queues).
-  void CleanupChannel(uint16_t, Channel& ch) {
+  void CleanupChannel(uint16_t id, Channel& ch) {
+    SendAckRun(id, ch);
     for (auto& [tag, c] : ch.consumers) {
       mq::pb::Command cmd;
       cmd.mutable_cancel()->set_consumer_id(c.id);
@@ -482,6 +543,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
   // ---- connection class ----
   void OnConnectionMethod(amqp::Method& m) {
     if (std::holds_alternative<amqp::ConnectionClose>(m)) {
+      SendAckRuns();
       SendMethod(0, amqp::ConnectionCloseOk{});
       state = State::kClosing;
       for (auto& [id, ch] : channels) CleanupChannel(id, ch);
@@ -930,11 +992,7 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
         self->Send(amqp::EncodeContentFrames(id, ret, props, body, self->frame_max));
       }
       if (seq == 0) return;
-      if (r.ok() && r->rejected_queues.empty()) {
-        self->SendMethod(id, amqp::BasicAck{seq, false});
-      } else {
-        self->SendMethod(id, amqp::BasicNack{seq, false, false});
-      }
+      self->Confirm(id, *ch, seq, r.ok() && r->rejected_queues.empty());
     });
   }
 
@@ -1200,6 +1258,8 @@ struct AmqpConnection::Impl : std::enable_shared_from_this<Impl> {
   std::string wbuf;  // being written
   bool writing = false;
   bool close_after_flush = false;
+  bool flush_posted = false;
+  std::set<uint16_t> ack_runs;  // channels with an ack run to send
   uint32_t frame_max;
   uint16_t channel_max;
   uint16_t heartbeat_s = 0;

@@ -59,10 +59,63 @@ BrokerNode::BrokerNode(BrokerNodeOptions opts, net::IoRuntime& executor, Propose
 BrokerNode::~BrokerNode() {
   *alive_ = false;
   if (expiry_timer_) expiry_timer_->Cancel();
+  std::vector<Queued> unsent = std::move(batch_);
+  for (Queued& q : unsent) q.done(Status::Unavailable("broker stopped"));
 }
 
 void BrokerNode::Propose(mq::pb::Command cmd, ProposeDone done) {
   cmd.set_now_unix_ms(clock_.NowUnixMs());
+  const size_t bytes = cmd.ByteSizeLong();
+  if (!batch_.empty() &&
+      (batch_.size() >= opts_.max_batch_commands || batch_bytes_ + bytes > opts_.max_batch_bytes)) {
+    FlushBatch();
+  }
+  batch_.push_back({std::move(cmd), std::move(done)});
+  batch_bytes_ += bytes;
+  if (flush_posted_) return;
+  // After the handlers already queued (other connections' reads, applies): their commands join.
+  flush_posted_ = true;
+  executor_.Post([this, alive = alive_] {
+    if (!*alive) return;
+    flush_posted_ = false;
+    FlushBatch();
+  });
+}
+
+void BrokerNode::FlushBatch() {
+  if (batch_.empty()) return;
+  std::vector<Queued> items = std::move(batch_);
+  batch_.clear();
+  batch_bytes_ = 0;
+  if (items.size() == 1) return ProposeEntry(std::move(items[0].cmd), std::move(items[0].done));
+  mq::pb::Command cmd;
+  cmd.set_now_unix_ms(items.back().cmd.now_unix_ms());
+  auto* batch = cmd.mutable_batch();
+  batch->mutable_commands()->Reserve(static_cast<int>(items.size()));
+  auto dones = std::make_shared<std::vector<ProposeDone>>();
+  dones->reserve(items.size());
+  for (Queued& q : items) {
+    *batch->add_commands() = std::move(q.cmd);
+    dones->push_back(std::move(q.done));
+  }
+  ProposeEntry(std::move(cmd), [dones](Result<mq::ApplyResult> r) {
+    if (!r.ok()) {
+      for (auto& done : *dones) done(r.status());
+      return;
+    }
+    for (size_t i = 0; i < dones->size(); ++i) {
+      if (i < r->batch.size()) {
+        (*dones)[i](std::move(r->batch[i]));
+      } else {  // the batch was refused as a whole
+        mq::ApplyResult refused;
+        refused.error = r->error;
+        (*dones)[i](std::move(refused));
+      }
+    }
+  });
+}
+
+void BrokerNode::ProposeEntry(mq::pb::Command cmd, ProposeDone done) {
   std::string data;
   if (!cmd.SerializeToString(&data)) {
     done(Status::Internal("cannot serialize mq command"));
@@ -120,19 +173,34 @@ void BrokerNode::Apply(uint64_t index, const std::string& data) {
   mq::pb::Command cmd;
   if (!cmd.ParseFromString(data)) {
     HLOG_ERROR("broker_bad_entry", "index={} bytes={}", index, data.size());
+    last_commands_ = 1;
     last_result_index_ = index;
     last_result_ = {};
     last_result_.error = {mq::BrokerError::kInternalError, "INTERNAL_ERROR - unreadable command"};
     return;
   }
   mq::ApplyResult result = state_.Apply(index, cmd);
-  if (cmd.has_dispatch()) dispatch_in_flight_ = false;
-  if (cmd.has_expire()) expire_in_flight_ = false;
-  Route(cmd, result);
+  last_commands_ = cmd.has_batch() ? std::max<uint64_t>(cmd.batch().commands_size(), 1) : 1;
+  if (cmd.has_batch()) {
+    for (int i = 0; i < cmd.batch().commands_size() && i < static_cast<int>(result.batch.size());
+         ++i) {
+      ApplyCommand(cmd.batch().commands(i), result.batch[i]);
+    }
+  } else {
+    ApplyCommand(cmd, result);
+  }
   bool pending = result.dispatch_pending;
   last_result_index_ = index;
   last_result_ = std::move(result);
   if (pending) MaybeProposeDispatch();
+}
+
+// What a command applied here means for this node: its deliveries and cancels go to the
+// connections, and the leader's Dispatch and Expire may be proposed again.
+void BrokerNode::ApplyCommand(const mq::pb::Command& cmd, const mq::ApplyResult& result) {
+  if (cmd.has_dispatch()) dispatch_in_flight_ = false;
+  if (cmd.has_expire()) expire_in_flight_ = false;
+  Route(cmd, result);
 }
 
 BrokerConnectionSink* BrokerNode::SinkFor(const std::string& consumer_id) {

@@ -40,6 +40,11 @@ struct BrokerNodeOptions {
   std::function<std::set<uint64_t>()> gone_members;
   // Where queues put the messages beyond their window (outlives the node); null: in memory.
   storage::SpillStore* spill = nullptr;
+  // Commands proposed in one turn of the executor (every connection's publishes, acks, ...) go to
+  // the log as one Batch entry, up to these bounds (then another one starts): one proposal to
+  // replicate, store and apply instead of one per message. 1 proposes each on its own.
+  size_t max_batch_commands = 512;
+  size_t max_batch_bytes = size_t{1} << 20;
 };
 
 // What a connection on this node receives from the broker (on the executor).
@@ -68,7 +73,8 @@ class BrokerNode {
   ~BrokerNode();
 
   // --- on the executor thread only ---
-  // Stamps the time and proposes; `done` runs once the command is applied here (or failed).
+  // Stamps the time and proposes (with the other commands of this executor turn, in order, as one
+  // entry); `done` runs once the command is applied here (or failed).
   void Propose(mq::pb::Command cmd, ProposeDone done);
   // A new owner id for a connection: "RAFT_ID:BOOT/SEQ", unique across restarts of this node.
   std::string NewOwnerId();
@@ -80,7 +86,8 @@ class BrokerNode {
   const mq::BrokerState& state() const { return state_; }
 
   // Hooks for the log's owner (on the executor):
-  void Apply(uint64_t index, const std::string& data);  // a committed mq command
+  void Apply(uint64_t index, const std::string& data);       // a committed mq command
+  uint64_t last_commands() const { return last_commands_; }  // in the entry applied last
   // A serialized mq::pb::Snapshot; syncs the spill first, since the log before it goes. With a
   // spill, the local form: the windows, and where each queue's spilled part is.
   std::string TakeSnapshot();
@@ -100,6 +107,14 @@ class BrokerNode {
   void DropPreviousBoots();
 
  private:
+  struct Queued {
+    mq::pb::Command cmd;
+    ProposeDone done;
+  };
+  // Proposes what Propose gathered: one command as itself, several as one Batch.
+  void FlushBatch();
+  void ProposeEntry(mq::pb::Command cmd, ProposeDone done);
+  void ApplyCommand(const mq::pb::Command& cmd, const mq::ApplyResult& result);
   void Route(const mq::pb::Command& cmd, const mq::ApplyResult& result);
   // The attached owner hosting consumer "OWNER/channel/tag", or null.
   BrokerConnectionSink* SinkFor(const std::string& consumer_id);
@@ -119,9 +134,13 @@ class BrokerNode {
   std::string boot_;  // random 64-bit hex: tells this boot's owners from earlier ones
   uint64_t next_owner_seq_ = 1;
   std::map<std::string, BrokerConnectionSink> sinks_;  // by owner id
+  std::vector<Queued> batch_;  // proposed this turn, not yet handed to the log
+  size_t batch_bytes_ = 0;
+  bool flush_posted_ = false;
   // The outcome of the entry applied last: the log calls a proposal's DoneFn right after applying
   // its entry (ReplicatedLog's contract), so one slot serves every proposal.
   uint64_t last_result_index_ = 0;
+  uint64_t last_commands_ = 1;
   mq::ApplyResult last_result_;
   bool leader_ = false;
   bool dispatch_in_flight_ = false;

@@ -57,6 +57,7 @@ void NodeLog::Stop() { raft_->Stop(); }
 
 Status NodeLog::Apply(const CommittedEntry& e) {
   Status out;
+  uint64_t commands = 1;
   auto it = machines_.find(e.machine);
   RequestDedupe::Decision d = dedupe_.Check(e.id);
   if (d.verdict == RequestDedupe::Verdict::kDuplicate) {
@@ -78,8 +79,10 @@ Status NodeLog::Apply(const CommittedEntry& e) {
     it->second.apply(e.index, e.data);
     dedupe_.Record(e.index, e.id,
                    it->second.last_result ? it->second.last_result() : std::string());
+    if (it->second.last_commands) commands += it->second.last_commands() - 1;
   }
   dedupe_.Advance(e.index);
+  commands_since_snapshot_ += commands;
   MaybeSnapshot(e.index);
   NoteDurableSnapshots();
   return out;
@@ -101,7 +104,8 @@ void NodeLog::NoteDurableSnapshots() {
 }
 
 void NodeLog::MaybeSnapshot(uint64_t index) {
-  if (index < last_snapshot_index_ + snapshot_every_) return;
+  if (commands_since_snapshot_ < snapshot_every_) return;
+  commands_since_snapshot_ = 0;
   last_snapshot_index_ = index;
   pb::MachineStates states;
   for (auto& [m, hooks] : machines_) {
@@ -122,6 +126,7 @@ void NodeLog::Restore(uint64_t index, const std::string& state) {
     return;
   }
   last_snapshot_index_ = index;
+  commands_since_snapshot_ = 0;
   if (Status s = dedupe_.Parse(states.dedupe()); !s.ok()) {
     HLOG_ERROR("bad_snapshot", "index={} error=\"{}\"", index, s.ToString());
   }

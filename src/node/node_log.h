@@ -30,6 +30,10 @@ struct MachineHooks {
   std::function<void(bool leader)> on_leadership;  // may be empty
   // May be empty. The small outcome of the entry apply() just took, remembered for duplicates.
   std::function<std::string()> last_result;
+  // May be empty (1). How many commands the entry apply() just took held: a machine that puts
+  // many in one entry (the queues' batches) counts them all toward the snapshot cadence, so a
+  // snapshot still comes every snapshot_every commands and the log between two stays as long.
+  std::function<uint64_t()> last_commands;
   // May be empty. A duplicate of an entry applied before committed at `index`: not applied; its
   // proposer (answered right after) gets the first outcome, `result` (from last_result).
   std::function<void(uint64_t index, const std::string& result)> on_duplicate;
@@ -79,8 +83,9 @@ class NodeLog {
   std::map<Machine, MachineHooks> machines_;
   std::function<void(const std::string&, RaftLogCallbacks::Reply)> leader_requests_;
   std::unique_ptr<RaftLog> raft_;
-  uint64_t last_snapshot_index_ = 0;  // on the executor
-  RequestDedupe dedupe_;              // on the executor
+  uint64_t last_snapshot_index_ = 0;      // on the executor
+  uint64_t commands_since_snapshot_ = 0;  // on the executor
+  RequestDedupe dedupe_;                  // on the executor
 };
 
 }  // namespace haven::node

@@ -135,6 +135,7 @@ void RegisterBroker(BrokerNode& broker, NodeLog& log) {
   hooks.snapshot_durable = [&broker](uint64_t index) { broker.OnSnapshotDurable(index); };
   hooks.on_member_gone = [&broker](uint64_t id) { broker.OnMemberGone(id); };
   hooks.snapshot_stream = [&broker] { return broker.SnapshotStream(); };
+  hooks.last_commands = [&broker] { return broker.last_commands(); };
   log.Register(Machine::kQueues, std::move(hooks));
 }
 

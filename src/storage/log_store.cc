@@ -127,12 +127,14 @@ class RocksLogStore final : public LogStore {
   Result<uint64_t> Term(uint64_t index) const override;
   Status TruncateSuffix(uint64_t from) override;
   Status SaveHardState(const HardState& hs) override;
+  Status SaveHardStateUnsynced(const HardState& hs) override;
   HardState LoadHardState() const override;
   Status SaveSnapshot(const Snapshot& snap) override;
   std::optional<Snapshot> LoadSnapshot() const override;
 
  private:
   Status Write(rocksdb::WriteBatch& batch, bool sync, std::string_view what);
+  Status WriteHardState(const HardState& hs, bool sync);
   Result<LogEntry> ReadEntry(uint64_t index) const;
   Result<std::optional<uint64_t>> ScanLogEdge(bool last) const;
 
@@ -305,13 +307,19 @@ Status RocksLogStore::TruncateSuffix(uint64_t from) {
   return Status::Ok();
 }
 
-Status RocksLogStore::SaveHardState(const HardState& hs) {
+Status RocksLogStore::SaveHardState(const HardState& hs) { return WriteHardState(hs, true); }
+
+Status RocksLogStore::SaveHardStateUnsynced(const HardState& hs) {
+  return WriteHardState(hs, false);
+}
+
+Status RocksLogStore::WriteHardState(const HardState& hs, bool sync) {
   std::unique_lock lock(mu_);
   rocksdb::WriteBatch batch;
   rocksdb::Status rs =
       batch.Put(rocksdb::Slice(kHardStateKey.data(), kHardStateKey.size()), EncodeHardState(hs));
   if (!rs.ok()) return FromRocks(rs, "batching the hard state");
-  if (Status s = Write(batch, true, "saving the hard state"); !s.ok()) return s;
+  if (Status s = Write(batch, sync, "saving the hard state"); !s.ok()) return s;
   hard_state_ = hs;
   return Status::Ok();
 }

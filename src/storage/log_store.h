@@ -51,6 +51,10 @@ class LogStore {
   // Synced, and the sync covers every entry appended before it (one write-ahead log): Raft writes
   // a Ready's entries unsynced, then its hard state, for one fsync in all.
   virtual Status SaveHardState(const HardState& hs) = 0;
+  // The same write without the fsync, for a hard state whose term and vote are unchanged (only the
+  // commit index moved): Raft recomputes the commit index after a crash, so losing it costs
+  // nothing, while syncing it cost an fsync per commit. A later synced write covers it.
+  virtual Status SaveHardStateUnsynced(const HardState& hs) { return SaveHardState(hs); }
   virtual HardState LoadHardState() const = 0;
   // Stores a snapshot at (index, term) and deletes the log entries <= index (entries after it stay;
   // if index > LastIndex() the log becomes empty and LastIndex() == index). Synced.

@@ -81,6 +81,12 @@ Status MemLogStore::SaveHardState(const HardState& hs) {
   return Status::Ok();
 }
 
+Status MemLogStore::SaveHardStateUnsynced(const HardState& hs) {
+  std::lock_guard lock(mu_);
+  hard_state_ = hs;
+  return Status::Ok();
+}
+
 HardState MemLogStore::LoadHardState() const {
   std::lock_guard lock(mu_);
   return hard_state_;

@@ -22,6 +22,9 @@ class MemLogStore final : public LogStore {
   Result<uint64_t> Term(uint64_t index) const override;
   Status TruncateSuffix(uint64_t from) override;
   Status SaveHardState(const HardState& hs) override;
+  // Kept by a Crash() too: a crash may or may not lose an unsynced write, and losing only the
+  // commit index changes nothing Raft relies on.
+  Status SaveHardStateUnsynced(const HardState& hs) override;
   HardState LoadHardState() const override;
   Status SaveSnapshot(const Snapshot& snap) override;
   std::optional<Snapshot> LoadSnapshot() const override;

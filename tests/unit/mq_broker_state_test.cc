@@ -976,6 +976,68 @@ TEST(BrokerSnapshot, RestoreGivesTheSameFuture) {
   EXPECT_TRUE(MessageDifferencer::Equals(a.TakeSnapshot(), b.TakeSnapshot()));
 }
 
+// A Batch is the node's way to put a turn's commands in one log entry: it must decide exactly what
+// the same commands decide as entries of their own, failures included.
+TEST(BrokerBatch, AppliesAsTheSameCommandsOneByOne) {
+  std::vector<pb::Command> cmds = Scenario();
+  for (pb::Command c : Suffix()) cmds.push_back(c);
+  cmds.push_back(AckCmd("n9/c1/1/x", {1}));         // a consumer that is gone: a no-op
+  cmds.push_back(PublishCmd("nowhere", "k", "x"));  // no such exchange: 404, the rest go on
+  cmds.push_back(PublishCmd("t", "a", "after the failure"));
+  BrokerState single, batched;
+  std::vector<std::string> expected;
+  uint64_t i = 0;
+  for (size_t k = 0; k < cmds.size(); ++k) {
+    cmds[k].set_now_unix_ms(1000 + static_cast<int64_t>(k));
+    expected.push_back(Describe(single.Apply(++i, cmds[k])));
+  }
+  // The same commands in batches of 5 (the last one shorter): fewer, larger entries.
+  uint64_t j = 0;
+  std::vector<std::string> got;
+  for (size_t k = 0; k < cmds.size(); k += 5) {
+    pb::Command b;
+    for (size_t m = k; m < std::min(k + 5, cmds.size()); ++m) {
+      *b.mutable_batch()->add_commands() = cmds[m];
+    }
+    ApplyResult r = batched.Apply(++j, b);
+    ASSERT_TRUE(r.error.ok()) << r.error.reply_text;
+    ASSERT_EQ(r.batch.size(), static_cast<size_t>(b.batch().commands_size()));
+    for (const ApplyResult& one : r.batch) got.push_back(Describe(one));
+  }
+  EXPECT_EQ(got, expected);
+  EXPECT_NE(expected[expected.size() - 2].find("err=404"), std::string::npos);
+  EXPECT_EQ(batched.last_applied(), j);
+  pb::Snapshot a = single.TakeSnapshot(), b = batched.TakeSnapshot();
+  a.clear_last_applied();  // the only difference: fewer entries
+  b.clear_last_applied();
+  EXPECT_TRUE(MessageDifferencer::Equals(a, b));
+}
+
+TEST(BrokerBatch, NestedOrOversizedBatchesAreRefused) {
+  BrokerOptions opts;
+  opts.max_commands_per_batch = 3;
+  BrokerState state(opts);
+  pb::Command inner;
+  *inner.mutable_batch()->add_commands() = DeclareQueue("q");
+  pb::Command outer;
+  *outer.mutable_batch()->add_commands() = inner;
+  *outer.mutable_batch()->add_commands() = DeclareQueue("q2");
+  ApplyResult r = state.Apply(1, outer);
+  ASSERT_EQ(r.batch.size(), 2u);
+  EXPECT_EQ(r.batch[0].error.reply_code, BrokerError::kNotAllowed);
+  EXPECT_TRUE(r.batch[1].error.ok());
+  EXPECT_FALSE(state.Stats("q").has_value());
+  EXPECT_TRUE(state.Stats("q2").has_value());
+
+  pb::Command big;
+  for (int k = 0; k < 4; ++k)
+    *big.mutable_batch()->add_commands() = DeclareQueue("b" + std::to_string(k));
+  r = state.Apply(2, big);
+  EXPECT_EQ(r.error.reply_code, BrokerError::kResourceError);
+  EXPECT_TRUE(r.batch.empty());
+  EXPECT_FALSE(state.Stats("b0").has_value());
+}
+
 TEST(BrokerSnapshot, RestoreRejectsMalformed) {
   pb::Snapshot snap;
   pb::Binding* b = snap.add_bindings();

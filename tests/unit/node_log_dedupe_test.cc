@@ -100,5 +100,36 @@ TEST_F(NodeLogDedupeTest, ARetryIsAnsweredWithTheFirstOutcomeAlsoAfterARestartFr
   EXPECT_EQ(machine_->applies, applies + 1);
 }
 
+// A machine that puts many commands in one entry (the queues' batches) reports them: the snapshot
+// comes after snapshot_every commands, not entries, so the log a restart replays stays as short.
+TEST(NodeLogSnapshotTest, CommandsOfABatchEntryCountTowardTheSnapshot) {
+  storage::MemLogStore store;
+  net::IoRuntime executor(1);
+  executor.Start();
+  CountingMachine machine;
+  MachineHooks hooks = machine.Hooks();
+  hooks.last_commands = [] { return uint64_t{60}; };  // every entry a batch of 60
+  RaftLogOptions o;
+  o.node_id = 1;
+  o.peers = {{1, "127.0.0.1:0"}};
+  o.tick_ms = 20;
+  NodeLog log(store, executor, o, /*snapshot_every_entries=*/100);
+  log.Register(Machine::kQueues, std::move(hooks));
+  ASSERT_TRUE(log.Start().ok());
+  for (int i = 0; i < 2; ++i) {  // 120 commands in 2 entries: one snapshot
+    std::promise<Status> p;
+    log.raft().Propose(Machine::kQueues, "batch" + std::to_string(i),
+                       [&](Status s, uint64_t) { p.set_value(s); });
+    auto f = p.get_future();
+    ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    ASSERT_TRUE(f.get().ok());
+  }
+  const uint64_t last = store.LastIndex();
+  EXPECT_TRUE(WaitUntil([&] { return store.FirstIndex() > last; }))
+      << "first " << store.FirstIndex() << " last " << last;
+  log.Stop();
+  executor.Stop();
+}
+
 }  // namespace
 }  // namespace haven::node

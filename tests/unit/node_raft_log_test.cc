@@ -250,6 +250,9 @@ class SlowSyncStore final : public storage::LogStore {
     std::this_thread::sleep_for(fsync_);
     return mem.SaveHardState(hs);
   }
+  Status SaveHardStateUnsynced(const storage::HardState& hs) override {
+    return mem.SaveHardStateUnsynced(hs);
+  }
   storage::HardState LoadHardState() const override { return mem.LoadHardState(); }
   Status SaveSnapshot(const storage::Snapshot& s) override { return mem.SaveSnapshot(s); }
   std::optional<storage::Snapshot> LoadSnapshot() const override { return mem.LoadSnapshot(); }

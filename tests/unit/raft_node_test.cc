@@ -961,18 +961,40 @@ std::string StreamBytes(char c, size_t n) {
   return s;
 }
 
+// Three nodes whose follower `f` was cut off while the leader `l` took proposals and compacted
+// them into a snapshot with a stream: where every streamed-snapshot test starts.
+struct LaggingFollower {
+  LaggingFollower(uint64_t chunk_bytes, bool with_sink)
+      : sink(with_sink ? std::make_shared<MemSink>() : nullptr),
+        net({1, 2, 3}, WithSink(chunk_bytes, sink)),
+        l(net.ElectLeader()),
+        f(l == 3 ? 2 : 3) {}
+
+  static Config WithSink(uint64_t chunk_bytes, std::shared_ptr<MemSink> sink) {
+    Config c;
+    c.snapshot_chunk_bytes = chunk_bytes;
+    c.snapshot_sink = std::move(sink);
+    return c;
+  }
+
+  // Cuts `f` off, has the leader take `prefix`0..`prefix`(count-1) and compact them into a
+  // snapshot streaming `source`.
+  Status Lag(int count, const std::string& prefix, std::shared_ptr<MemSource> source) {
+    net.Isolate(f);
+    for (int i = 0; i < count; ++i) net.MustPropose(l, prefix + std::to_string(i));
+    return net.CompactAt(l, std::move(source));
+  }
+
+  std::shared_ptr<MemSink> sink;
+  Net net;
+  uint64_t l, f;
+};
+
 TEST(RaftNode, StreamedSnapshotGoesToTheSinkAfterItsData) {
-  Config c;
-  c.snapshot_chunk_bytes = 16;
-  auto sink = std::make_shared<MemSink>();
-  c.snapshot_sink = sink;
-  Net net({1, 2, 3}, c);
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 12; ++i) net.MustPropose(l, "value-" + std::to_string(i));
+  LaggingFollower lf(16, /*with_sink=*/true);
+  auto& [sink, net, l, f] = lf;
   const std::string stream = StreamBytes('a', 300);
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  ASSERT_TRUE(lf.Lag(12, "value-", std::make_shared<MemSource>(stream)).ok());
   net.Heal();
   ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 12; }, 100));
   EXPECT_TRUE(sink->finished);
@@ -995,16 +1017,9 @@ TEST(RaftNode, StreamedSnapshotGoesToTheSinkAfterItsData) {
 }
 
 TEST(RaftNode, StreamedSnapshotTransferRestartsOnANewerSnapshot) {
-  Config c;
-  c.snapshot_chunk_bytes = 16;
-  auto sink = std::make_shared<MemSink>();
-  c.snapshot_sink = sink;
-  Net net({1, 2, 3}, c);
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 5; ++i) net.MustPropose(l, "old-" + std::to_string(i));
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(StreamBytes('a', 400))).ok());
+  LaggingFollower lf(16, /*with_sink=*/true);
+  auto& [sink, net, l, f] = lf;
+  ASSERT_TRUE(lf.Lag(5, "old-", std::make_shared<MemSource>(StreamBytes('a', 400))).ok());
   // Let a few stream chunks through, then lose the rest: the transfer stalls half way.
   int snaps = 0;
   net.filter = [&](pb::Message& m) { return m.type() != pb::MSG_SNAP || ++snaps <= 8; };
@@ -1014,10 +1029,8 @@ TEST(RaftNode, StreamedSnapshotTransferRestartsOnANewerSnapshot) {
   ASSERT_FALSE(sink->finished);
   // A newer snapshot replaces it (its records may be gone from the leader's disk): the follower
   // gets the new one from its start.
-  net.Isolate(f);
-  for (int i = 0; i < 5; ++i) net.MustPropose(l, "new-" + std::to_string(i));
   const std::string newer = StreamBytes('k', 250);
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(newer)).ok());
+  ASSERT_TRUE(lf.Lag(5, "new-", std::make_shared<MemSource>(newer)).ok());
   net.filter = nullptr;
   net.Heal();
   ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 10; }, 200));
@@ -1027,17 +1040,10 @@ TEST(RaftNode, StreamedSnapshotTransferRestartsOnANewerSnapshot) {
 }
 
 TEST(RaftNode, StreamedSnapshotStartsOverWhenTheFollowerRestartsMidTransfer) {
-  Config c;
-  c.snapshot_chunk_bytes = 16;
-  auto sink = std::make_shared<MemSink>();
-  c.snapshot_sink = sink;
-  Net net({1, 2, 3}, c);
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 5; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  LaggingFollower lf(16, /*with_sink=*/true);
+  auto& [sink, net, l, f] = lf;
   const std::string stream = StreamBytes('a', 320);
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  ASSERT_TRUE(lf.Lag(5, "v", std::make_shared<MemSource>(stream)).ok());
   int snaps = 0;
   net.filter = [&](pb::Message& m) { return m.type() != pb::MSG_SNAP || ++snaps <= 10; };
   net.Heal();
@@ -1055,19 +1061,12 @@ TEST(RaftNode, StreamedSnapshotStartsOverWhenTheFollowerRestartsMidTransfer) {
 }
 
 TEST(RaftNode, StreamedSnapshotSurvivesLostChunksAndAFailedRead) {
-  Config c;
-  c.snapshot_chunk_bytes = 8;
-  auto sink = std::make_shared<MemSink>();
-  c.snapshot_sink = sink;
-  Net net({1, 2, 3}, c);
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 6; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  LaggingFollower lf(8, /*with_sink=*/true);
+  auto& [sink, net, l, f] = lf;
   const std::string stream = StreamBytes('a', 120);
   auto source = std::make_shared<MemSource>(stream);
   source->fail = true;
-  ASSERT_TRUE(net.CompactAt(l, source).ok());
+  ASSERT_TRUE(lf.Lag(6, "v", source).ok());
   int dropped = 0;
   net.filter = [&](pb::Message& m) {
     bool in_stream = m.type() == pb::MSG_SNAP && m.snapshot_offset() >= m.snapshot_inline_bytes();
@@ -1089,14 +1088,9 @@ TEST(RaftNode, StreamedSnapshotSurvivesLostChunksAndAFailedRead) {
 }
 
 TEST(RaftNode, StreamedSnapshotIsRefusedWithoutASinkAndNotResentWithoutItsStream) {
-  Config c;
-  c.snapshot_chunk_bytes = 16;
-  Net net({1, 2, 3}, c);  // no sink anywhere
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 4; ++i) net.MustPropose(l, "v" + std::to_string(i));
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(StreamBytes('a', 40))).ok());
+  LaggingFollower lf(16, /*with_sink=*/false);
+  auto& [sink, net, l, f] = lf;
+  ASSERT_TRUE(lf.Lag(4, "v", std::make_shared<MemSource>(StreamBytes('a', 40))).ok());
   net.Heal();
   net.Tick(5);
   EXPECT_TRUE(net.disk(f).state.empty()) << "installed a snapshot whose stream went nowhere";
@@ -1106,17 +1100,10 @@ TEST(RaftNode, StreamedSnapshotIsRefusedWithoutASinkAndNotResentWithoutItsStream
 }
 
 TEST(RaftNode, InstalledStreamedSnapshotIsSentOnlyOnceTheShellGivesItsStream) {
-  Config c;
-  c.snapshot_chunk_bytes = 16;
-  auto sink = std::make_shared<MemSink>();
-  c.snapshot_sink = sink;
-  Net net({1, 2, 3}, c);
-  uint64_t l = net.ElectLeader();
-  uint64_t f = l == 3 ? 2 : 3;
-  net.Isolate(f);
-  for (int i = 0; i < 4; ++i) net.MustPropose(l, "v" + std::to_string(i));
+  LaggingFollower lf(16, /*with_sink=*/true);
+  auto& [sink, net, l, f] = lf;
   const std::string stream = StreamBytes('a', 64);
-  ASSERT_TRUE(net.CompactAt(l, std::make_shared<MemSource>(stream)).ok());
+  ASSERT_TRUE(lf.Lag(4, "v", std::make_shared<MemSource>(stream)).ok());
   net.Heal();
   ASSERT_TRUE(net.TickUntil([&] { return net.disk(f).state.size() == 4; }, 100));
   const uint64_t index = net.disk(f).snap->meta().index();

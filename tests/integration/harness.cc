@@ -252,12 +252,13 @@ bool CanBindLoopback(int port) {
 }
 
 // Takes the port's lock file for the rest of this process (the fd is never closed; children do
-// not inherit it). False when another process holds it.
+// not inherit it). False when another process holds it; true without a lock when the lock folder
+// cannot be used (another user's), where the bind check alone has to do.
 bool LockPort(int port) {
-  ::mkdir(kPortLockDir, 01777);
+  if (::mkdir(kPortLockDir, 01777) == 0) ::chmod(kPortLockDir, 01777);  // umask would narrow it
   std::string path = std::string(kPortLockDir) + "/" + std::to_string(port);
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-  if (fd < 0) return false;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return errno == EACCES;
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     ::close(fd);
     return false;

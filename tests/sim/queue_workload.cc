@@ -218,6 +218,7 @@ class QueueWorkload : public Workload {
   // ---- clients ----
   void Declare(size_t next);
   void Publish(Publisher& p, const std::string& queue, const std::string& body);
+  void PublishNowhere(Publisher& p);
   void NextPublish(int id, int64_t delay);
   void Subscribe(int id);
   void Resubscribe(Consumer& c, int64_t delay);
@@ -626,7 +627,22 @@ void QueueWorkload::NextPublish(int id, int64_t delay) {
       std::string body = "p" + std::to_string(p.id) + "." + std::to_string(++p.sent);
       Publish(p, w_.rng().Pick(queues_), body);
     }
+    if (w_.rng().Chance(0.1)) PublishNowhere(p);
   });
+}
+
+// A publish to an exchange that does not exist: refused with 404 (a client would lose its
+// channel), and in a batch it must change nothing and stop nothing.
+void QueueWorkload::PublishNowhere(Publisher& p) {
+  qpb::Command cmd;
+  cmd.mutable_publish()->set_exchange("missing");
+  cmd.mutable_publish()->set_routing_key(queues_[0]);
+  cmd.mutable_publish()->set_body("p" + std::to_string(p.id) + ".nowhere");
+  StartCall(Encode(cmd), "publish-nowhere p" + std::to_string(p.id), 0,
+            [this](Outcome o, const mq::ApplyResult* r) {
+              if (o == Outcome::kApplied && r->error.reply_code != mq::BrokerError::kNotFound)
+                w_.Fail("a publish to a missing exchange was not refused with 404");
+            });
 }
 
 // A publish is confirmed when its proposer applied it; an unknown outcome is published again

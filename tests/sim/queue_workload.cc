@@ -2,7 +2,8 @@
 // the leader, consumers hosted on various nodes consume with credit, ack, requeue, cancel and
 // resubscribe, and lose their subscriptions when their node crashes (DropOwner cleans up). The
 // checkers: no confirmed message lost, no message delivered again after its ack, replicas equal
-// at every index, redeliveries flagged.
+// at every index, redeliveries flagged. As the node does, the commands a node proposes in one
+// executor turn go to the log as one Batch entry, and each caller gets its own command's result.
 #include <algorithm>
 #include <map>
 #include <set>
@@ -26,6 +27,9 @@ constexpr uint64_t kMaxPublishes = 20'000;  // per run
 // every queue busy while a seed stays cheap (a commit costs every replica an apply and a digest).
 constexpr int64_t kMinThinkUs = 20'000, kMaxThinkUs = 120'000;
 constexpr int64_t kJanitorBackstopUs = 1'500'000;  // a dead node's owners are dropped by then
+constexpr int64_t kMaxBatchCommands = 16;          // per seed 2..this, as max_batch_commands
+constexpr int64_t kMaxTurnUs = 8'000;              // an executor turn, per seed 0 or 1 ms..this
+constexpr int64_t kMaxBurst = 4;                   // publishes a publisher pipelines at once
 
 // FNV-1a: a stable digest of a replica's state, the same on every platform.
 uint64_t Digest(const std::string& bytes, uint64_t h = 0xcbf29ce484222325ULL) {
@@ -47,6 +51,29 @@ bool Under(const std::string& owner, const std::string& prefix) {
           owner[prefix.size()] == '/');
 }
 
+// What a command decided (deliveries, routes, error), as text to compare; a batch's per command.
+std::string ResultText(const mq::ApplyResult& r) {
+  std::string bytes = std::to_string(r.error.reply_code) + ";";
+  for (const auto& d : r.deliveries) {
+    bytes += d.consumer_id + "," + d.queue + "," + std::to_string(d.message_id) + "," +
+             (d.redelivered ? "r" : "-") + std::to_string(d.delivery_count) + ";";
+  }
+  for (size_t i = 0; i < r.routed_queues.size() && i < r.message_ids.size(); ++i)
+    bytes += r.routed_queues[i] + "=" + std::to_string(r.message_ids[i]) + ";";
+  if (r.dispatch_pending) bytes += "pending;";
+  for (const auto& part : r.batch) bytes += "[" + ResultText(part) + "]";
+  return bytes;
+}
+
+// Calls fn(command, its result) for an entry's command, or for each command of a batch that was
+// applied (a batch refused as a whole applied none).
+template <typename Fn>
+void ForEachCommand(const qpb::Command& cmd, const mq::ApplyResult& r, Fn fn) {
+  if (!cmd.has_batch()) return fn(cmd, r);
+  int n = std::min(cmd.batch().commands_size(), static_cast<int>(r.batch.size()));
+  for (int i = 0; i < n; ++i) fn(cmd.batch().commands(i), r.batch[static_cast<size_t>(i)]);
+}
+
 // The outcome of a command as its proposer sees it.
 enum class Outcome {
   kApplied,  // the proposer's node applied it (result attached)
@@ -65,11 +92,30 @@ struct Call {
   bool proposed = false;  // accepted by a leader, outcome pending
   uint64_t node = 0, incarnation = 0;
   raft::ProposalId pid;
+  bool queued = false;  // waiting for the end of its node's turn (not proposed yet)
+  // Its place in the entry proposed: the command alone (slots 1) or one of a Batch.
+  size_t slot = 0, slots = 1;
+};
+
+// A node's commands waiting for the end of its executor turn, proposed then as one entry.
+struct Turn {
+  std::vector<uint64_t> calls;
+  uint64_t generation = 0;  // bumped per flush: a stale end-of-turn timer does nothing
+};
+
+// How the nodes batch in this seed (BrokerNodeOptions::max_batch_commands and how long a turn
+// gathers commands), and how often the state machine stops dispatching (Dispatch then).
+struct Batching {
+  size_t max_commands = 1;
+  int64_t turn_us = 0;
+  size_t max_deliveries_per_apply = 1'000;
 };
 
 struct Publisher {
   int id = 0;
-  uint64_t sent = 0;  // bodies so far
+  uint64_t sent = 0;         // bodies so far
+  int64_t burst = 1;         // publishes sent together last time
+  uint64_t outstanding = 0;  // of them, not confirmed yet
 };
 
 enum class ConsumerPhase { kIdle, kSubscribing, kActive, kCancelling };
@@ -86,7 +132,7 @@ struct Consumer {
   std::set<uint64_t> held;      // delivered to this subscription, not yet acked or nacked
   std::set<uint64_t> inflight;  // in the ack or nack on its way
   std::set<uint64_t> limbo;     // acked or nacked with an unknown outcome: never sent again
-  bool busy = false;            // one command at a time
+  int busy = 0;                 // commands in flight (an ack and a requeue may go together)
 };
 
 // What the log says happened, replayed once per committed index in index order: the checkers'
@@ -103,6 +149,7 @@ class QueueWorkload : public Workload {
  public:
   explicit QueueWorkload(Cluster& w) : w_(w) {
     for (int k = 0; k < w_.options().keys; ++k) queues_.push_back("q" + std::to_string(k));
+    ChooseBatching();
   }
 
   void Begin() override;
@@ -128,7 +175,18 @@ class QueueWorkload : public Workload {
     mq::ApplyResult result;
   };
 
-  mq::BrokerState& Replica(uint64_t node) { return replicas_[node]; }
+  void ChooseBatching();
+  mq::BrokerOptions BrokerOptionsForSeed() const {
+    mq::BrokerOptions o;
+    o.max_deliveries_per_apply = batching_.max_deliveries_per_apply;
+    return o;
+  }
+  mq::BrokerState& Replica(uint64_t node) {
+    auto it = replicas_.find(node);
+    if (it == replicas_.end()) it = replicas_.try_emplace(node, BrokerOptionsForSeed()).first;
+    return it->second;
+  }
+  std::string FingerprintOf(const mq::BrokerState& b) const;
   bool Quiet() const { return w_.Now() >= w_.options().duration_us; }
   uint64_t RandomNode() {
     return static_cast<uint64_t>(w_.rng().Range(1, static_cast<int64_t>(w_.NodeCount())));
@@ -150,12 +208,17 @@ class QueueWorkload : public Workload {
   void ArmDeadline(uint64_t call);
   void EndCalls(int consumer);
   void Attempt(uint64_t call, uint64_t node);
+  void Enqueue(uint64_t call, uint64_t node);
+  void EndTurn(uint64_t node);
+  std::string BatchOf(const std::vector<uint64_t>& calls);
+  void ProposeTurn(uint64_t node, const std::vector<uint64_t>& calls);
   void Retry(uint64_t call, uint64_t hint);
   void Resolve(uint64_t call, Outcome outcome, const mq::ApplyResult* r);
 
   // ---- clients ----
   void Declare(size_t next);
   void Publish(Publisher& p, const std::string& queue, const std::string& body);
+  void PublishNowhere(Publisher& p);
   void NextPublish(int id, int64_t delay);
   void Subscribe(int id);
   void Resubscribe(Consumer& c, int64_t delay);
@@ -165,19 +228,29 @@ class QueueWorkload : public Workload {
   void CancelConsumer(Consumer& c);
   void Deliver(uint64_t node, const mq::Delivery& d);
   void DropOwner(const std::string& owner);
+  void MaybeDispatch();
 
   // ---- checkers ----
   void ModelCommand(uint64_t index, const qpb::Command& cmd, const mq::ApplyResult& r);
   void ModelRelease(const std::string& cid);
   void ModelDelivery(uint64_t index, const mq::Delivery& d);
   void CheckResultDigest(uint64_t node, uint64_t index, const mq::ApplyResult& r);
+  void CheckAgainstSingles(uint64_t node, uint64_t index, const Applied& a);
 
   Cluster& w_;
   std::vector<std::string> queues_;
   std::map<uint64_t, mq::BrokerState> replicas_;  // node -> replica
   std::map<uint64_t, Applied> last_;              // node -> its last applied command
   std::map<uint64_t, uint64_t> result_digest_;    // index -> digest of what Apply decided
+  std::map<uint64_t, std::string> fingerprint_;   // node -> of its state after its last apply
   std::map<uint64_t, Call> calls_;
+  Batching batching_;
+  std::map<uint64_t, Turn> turns_;  // node -> the commands of its current turn
+  bool dispatching_ = false;        // a Dispatch in flight (or a wait for a leader to propose it)
+  // The log's commands applied one by one, every command of a batch as its own entry: a batch
+  // must decide what its commands decide alone.
+  mq::BrokerState singles_;
+  uint64_t singles_index_ = 0;
   uint64_t next_call_ = 1;
   std::vector<Publisher> publishers_;
   std::vector<Consumer> consumers_;
@@ -189,8 +262,24 @@ class QueueWorkload : public Workload {
 // ---------------------------------------------------------------------------------------------
 // Replicas
 
+// A quarter of the seeds propose every command alone; the others batch what a node proposes
+// within a turn of 0 or 1-8 ms, up to 2-16 commands. A third of the seeds let one command deliver
+// at most 1-3 messages, so the leader proposes Dispatch for the rest (as the node does).
+void QueueWorkload::ChooseBatching() {
+  Rng& rng = w_.rng();
+  if (!rng.Chance(0.25)) {
+    batching_.max_commands = static_cast<size_t>(rng.Range(2, kMaxBatchCommands));
+    batching_.turn_us = rng.Chance(0.3) ? 0 : rng.Range(1'000, kMaxTurnUs);
+  }
+  if (rng.Chance(0.33)) batching_.max_deliveries_per_apply = static_cast<size_t>(rng.Range(1, 3));
+  singles_ = mq::BrokerState(BrokerOptionsForSeed());
+  w_.Trace("q-batching max_commands=", batching_.max_commands, " turn_us=", batching_.turn_us,
+           " max_deliveries_per_apply=", batching_.max_deliveries_per_apply);
+}
+
 Status QueueWorkload::ResetReplica(uint64_t node, const std::string* snapshot) {
-  replicas_[node] = mq::BrokerState();
+  replicas_.erase(node);
+  Replica(node);
   last_.erase(node);
   if (snapshot == nullptr) return Status::Ok();
   return InstallSnapshot(node, *snapshot);
@@ -204,6 +293,14 @@ Status QueueWorkload::InstallSnapshot(uint64_t node, const std::string& snapshot
 
 // The test-only breakage (QueueBug), the same on every replica.
 qpb::Command QueueWorkload::Mutate(const qpb::Command& cmd) const {
+  if (cmd.has_batch()) {
+    qpb::Command out = cmd;
+    auto* parts = out.mutable_batch()->mutable_commands();
+    for (auto& part : *parts) part = Mutate(part);
+    if (w_.options().queue_bug == QueueBug::kBatchReversed)
+      std::reverse(parts->begin(), parts->end());
+    return out;
+  }
   qpb::Command out = cmd;
   switch (w_.options().queue_bug) {
     case QueueBug::kAckKeepsMessage:
@@ -212,6 +309,7 @@ qpb::Command QueueWorkload::Mutate(const qpb::Command& cmd) const {
     case QueueBug::kRequeueDrops:
       if (cmd.has_nack() && cmd.nack().requeue()) out.mutable_nack()->set_requeue(false);
       break;
+    case QueueBug::kBatchReversed:  // above
     case QueueBug::kNone:
       break;
   }
@@ -224,15 +322,23 @@ std::string QueueWorkload::Apply(uint64_t node, uint64_t index, const std::strin
   a.index = index;
   a.result = Replica(node).Apply(index, Mutate(a.cmd));
   CheckResultDigest(node, index, a.result);
-  // Deliveries reach the consumers connected to this node.
-  for (const auto& d : a.result.deliveries) Deliver(node, d);
+  // Deliveries reach the consumers connected to this node, a batch's in its commands' order.
+  ForEachCommand(a.cmd, a.result, [&](const qpb::Command&, const mq::ApplyResult& r) {
+    for (const auto& d : r.deliveries) Deliver(node, d);
+  });
+  if (a.result.dispatch_pending) w_.At(w_.Now(), [this] { MaybeDispatch(); });
   return "";
 }
 
 // A digest of the replica's queues (messages ready and unacked by id, consumers, counters), cheap
 // enough for every index; CheckEnd compares whole snapshots.
 std::string QueueWorkload::Fingerprint(uint64_t node) {
-  const mq::BrokerState& b = Replica(node);
+  std::string fp = FingerprintOf(Replica(node));
+  fingerprint_[node] = fp;
+  return fp;
+}
+
+std::string QueueWorkload::FingerprintOf(const mq::BrokerState& b) const {
   std::string bytes = std::to_string(b.next_message_id()) + ";";
   auto num = [&bytes](uint64_t v) { bytes.append(reinterpret_cast<const char*>(&v), sizeof v); };
   for (const auto& st : b.AllStats()) {
@@ -252,13 +358,7 @@ std::string QueueWorkload::Fingerprint(uint64_t node) {
 
 // Every replica must decide the same deliveries, routes and errors at an index.
 void QueueWorkload::CheckResultDigest(uint64_t node, uint64_t index, const mq::ApplyResult& r) {
-  std::string bytes = std::to_string(r.error.reply_code) + ";";
-  for (const auto& d : r.deliveries) {
-    bytes += d.consumer_id + "," + d.queue + "," + std::to_string(d.message_id) + "," +
-             (d.redelivered ? "r" : "-") + std::to_string(d.delivery_count) + ";";
-  }
-  for (size_t i = 0; i < r.routed_queues.size() && i < r.message_ids.size(); ++i)
-    bytes += r.routed_queues[i] + "=" + std::to_string(r.message_ids[i]) + ";";
+  std::string bytes = ResultText(r);
   uint64_t digest = Digest(bytes);
   auto [it, fresh] = result_digest_.emplace(index, digest);
   if (!fresh && it->second != digest) {
@@ -326,13 +426,76 @@ void QueueWorkload::Attempt(uint64_t id, uint64_t node) {
   c.attempt++;
   if (!w_.ok()) return;
   if (!w_.Up(node)) return Retry(id, 0);
-  auto r = w_.Propose(node, c.data);
-  if (!r.ok()) return Retry(id, LeaderHint(r.status()));
-  c.proposed = true;
+  Enqueue(id, node);
+}
+
+// The node gathers what is proposed in one turn of its executor: a full turn goes at once (the
+// node flushes before it would exceed max_batch_commands), the rest at the end of the turn.
+void QueueWorkload::Enqueue(uint64_t id, uint64_t node) {
+  Call& c = calls_.at(id);
+  c.queued = true;
   c.node = node;
   c.incarnation = w_.Incarnation(node);
-  c.pid = *r;
-  w_.Trace("q-propose ", c.what, " node=", node, " index=", r->index, " term=", r->term);
+  Turn& turn = turns_[node];
+  turn.calls.push_back(id);
+  if (turn.calls.size() >= batching_.max_commands) return EndTurn(node);
+  if (turn.calls.size() > 1) return;
+  uint64_t generation = turn.generation;
+  w_.At(w_.Now() + batching_.turn_us, [this, node, generation] {
+    if (turns_[node].generation == generation) EndTurn(node);
+  });
+}
+
+void QueueWorkload::EndTurn(uint64_t node) {
+  Turn& turn = turns_[node];
+  std::vector<uint64_t> ids = std::move(turn.calls);
+  turn.calls.clear();
+  turn.generation++;
+  std::vector<uint64_t> live;  // a consumer's session may have ended meanwhile
+  for (uint64_t id : ids) {
+    auto it = calls_.find(id);
+    if (it == calls_.end() || !it->second.queued || it->second.node != node) continue;
+    it->second.queued = false;
+    live.push_back(id);
+  }
+  if (!live.empty()) ProposeTurn(node, live);
+}
+
+// One command alone, more as a Batch whose time is its last command's (as BrokerNode does).
+std::string QueueWorkload::BatchOf(const std::vector<uint64_t>& ids) {
+  if (ids.size() == 1) return calls_.at(ids[0]).data;
+  qpb::Command cmd;
+  for (uint64_t id : ids) {
+    qpb::Command* part = cmd.mutable_batch()->add_commands();
+    if (!part->ParseFromString(calls_.at(id).data)) w_.Fail("sim: unparseable queue command");
+    cmd.set_now_unix_ms(part->now_unix_ms());
+  }
+  return cmd.SerializeAsString();
+}
+
+// Each command learns the entry's fate: refused (retried where the hint says), or proposed at
+// the entry's index with its slot in it.
+void QueueWorkload::ProposeTurn(uint64_t node, const std::vector<uint64_t>& ids) {
+  if (!w_.Up(node)) {
+    for (uint64_t id : ids) Retry(id, 0);
+    return;
+  }
+  auto r = w_.Propose(node, BatchOf(ids));
+  if (!r.ok()) {
+    uint64_t hint = LeaderHint(r.status());
+    for (uint64_t id : ids) Retry(id, hint);
+    return;
+  }
+  for (size_t k = 0; k < ids.size(); ++k) {
+    Call& c = calls_.at(ids[k]);
+    c.proposed = true;
+    c.pid = *r;
+    c.slot = k;
+    c.slots = ids.size();
+    w_.Trace("q-propose ", c.what, " node=", node, " index=", r->index, " term=", r->term,
+             ids.size() > 1 ? " batch=" + std::to_string(k + 1) + "/" + std::to_string(ids.size())
+                            : std::string());
+  }
   w_.Pump(node);
 }
 
@@ -370,7 +533,21 @@ void QueueWorkload::OnApplied(uint64_t node, uint64_t index, uint64_t term) {
   for (auto [id, applied] : hits) {
     auto a = last_.find(node);
     if (applied && a != last_.end() && a->second.index == index) {
-      Resolve(id, Outcome::kApplied, &a->second.result);
+      // Each command of a batch gets its own result; a batch refused whole, the batch's error.
+      auto found = calls_.find(id);  // an earlier caller's callback may have ended this one
+      if (found == calls_.end()) continue;
+      const Call& c = found->second;
+      const mq::ApplyResult& whole = a->second.result;
+      if (c.slots == 1) {
+        Resolve(id, Outcome::kApplied, &whole);
+      } else if (c.slot < whole.batch.size()) {
+        mq::ApplyResult part = whole.batch[c.slot];
+        Resolve(id, Outcome::kApplied, &part);
+      } else {
+        mq::ApplyResult refused;
+        refused.error = whole.error;
+        Resolve(id, Outcome::kApplied, &refused);
+      }
     } else {
       Retry(id, 0);  // another entry took its place: it never will be applied
     }
@@ -442,9 +619,30 @@ void QueueWorkload::NextPublish(int id, int64_t delay) {
     Publisher& p = publishers_[static_cast<size_t>(id)];
     // Publishing stops with the faults: the quiet period is for draining.
     if (Quiet() || p.sent >= kMaxPublishes) return;
-    std::string body = "p" + std::to_string(p.id) + "." + std::to_string(++p.sent);
-    Publish(p, w_.rng().Pick(queues_), body);
+    // Now and then a burst of pipelined publishes (a client in confirm mode does not wait for
+    // each confirm): they reach the leader in one turn and share a batch.
+    p.burst = w_.rng().Chance(0.3) ? w_.rng().Range(2, kMaxBurst) : 1;
+    p.outstanding = static_cast<uint64_t>(p.burst);
+    for (uint64_t k = 0; k < p.outstanding; ++k) {
+      std::string body = "p" + std::to_string(p.id) + "." + std::to_string(++p.sent);
+      Publish(p, w_.rng().Pick(queues_), body);
+    }
+    if (w_.rng().Chance(0.1)) PublishNowhere(p);
   });
+}
+
+// A publish to an exchange that does not exist: refused with 404 (a client would lose its
+// channel), and in a batch it must change nothing and stop nothing.
+void QueueWorkload::PublishNowhere(Publisher& p) {
+  qpb::Command cmd;
+  cmd.mutable_publish()->set_exchange("missing");
+  cmd.mutable_publish()->set_routing_key(queues_[0]);
+  cmd.mutable_publish()->set_body("p" + std::to_string(p.id) + ".nowhere");
+  StartCall(Encode(cmd), "publish-nowhere p" + std::to_string(p.id), 0,
+            [this](Outcome o, const mq::ApplyResult* r) {
+              if (o == Outcome::kApplied && r->error.reply_code != mq::BrokerError::kNotFound)
+                w_.Fail("a publish to a missing exchange was not refused with 404");
+            });
 }
 
 // A publish is confirmed when its proposer applied it; an unknown outcome is published again
@@ -468,7 +666,9 @@ void QueueWorkload::Publish(Publisher& p, const std::string& queue, const std::s
               }
               confirmed_[r->message_ids[0]] = {queue, body};
               w_.stats().confirmed++;
-              NextPublish(id, w_.rng().Range(kMinThinkUs, kMaxThinkUs));
+              // After a burst of k the publisher thinks k times as long: the same rate.
+              if (pub.outstanding > 0 && --pub.outstanding == 0)
+                NextPublish(id, pub.burst * w_.rng().Range(kMinThinkUs, kMaxThinkUs));
             });
 }
 
@@ -478,7 +678,7 @@ void QueueWorkload::Resubscribe(Consumer& c, int64_t delay) {
   c.held.clear();
   c.inflight.clear();
   c.limbo.clear();
-  c.busy = false;
+  c.busy = 0;
   uint64_t session = ++c.session;
   int id = c.id;
   w_.At(w_.Now() + delay, [this, id, session] {
@@ -530,7 +730,7 @@ void QueueWorkload::Deliver(uint64_t node, const mq::Delivery& d) {
 }
 
 void QueueWorkload::WorkSoon(Consumer& c) {
-  if (c.busy) return;
+  if (c.busy > 0) return;
   uint64_t session = c.session;
   int id = c.id;
   w_.At(w_.Now() + w_.rng().Range(1'000, 15'000), [this, id, session] { Work(id, session); });
@@ -540,7 +740,7 @@ void QueueWorkload::WorkSoon(Consumer& c) {
 // now and then a cancel; in the quiet period everything is acked.
 void QueueWorkload::Work(int id, uint64_t session) {
   Consumer& c = consumers_[static_cast<size_t>(id)];
-  if (c.session != session || c.busy || c.phase != ConsumerPhase::kActive) return;
+  if (c.session != session || c.busy > 0 || c.phase != ConsumerPhase::kActive) return;
   if (!Quiet() && w_.rng().Chance(0.03)) return CancelConsumer(c);
   if (c.held.empty()) {
     // Messages whose ack outcome is unknown may still be held by the broker: a cancel returns
@@ -556,6 +756,13 @@ void QueueWorkload::Work(int id, uint64_t session) {
     ids.push_back(m);
   }
   bool ack = Quiet() || w_.rng().Chance(0.8);
+  // Now and then acks and requeues in the same turn (they may share a batch).
+  if (ack && !Quiet() && ids.size() >= 2 && w_.rng().Chance(0.25)) {
+    size_t cut = static_cast<size_t>(w_.rng().Range(1, static_cast<int64_t>(ids.size()) - 1));
+    std::vector<uint64_t> requeue(ids.begin() + static_cast<std::ptrdiff_t>(cut), ids.end());
+    ids.resize(cut);
+    Settle(c, false, std::move(requeue));
+  }
   Settle(c, ack, std::move(ids));
 }
 
@@ -575,7 +782,7 @@ void QueueWorkload::Settle(Consumer& c, bool ack, std::vector<uint64_t> ids) {
     c.inflight.insert(m);
     what += " " + std::to_string(m);
   }
-  c.busy = true;
+  c.busy++;
   uint64_t session = c.session;
   int id = c.id;
   StartCall(
@@ -583,7 +790,7 @@ void QueueWorkload::Settle(Consumer& c, bool ack, std::vector<uint64_t> ids) {
       [this, id, session, ids](Outcome o, const mq::ApplyResult*) {
         Consumer& cc = consumers_[static_cast<size_t>(id)];
         if (cc.session != session) return;
-        cc.busy = false;
+        cc.busy--;
         for (uint64_t m : ids) cc.inflight.erase(m);
         // Not sent again: a late duplicate would be a double ack.
         if (o == Outcome::kUnknown) cc.limbo.insert(ids.begin(), ids.end());
@@ -595,7 +802,7 @@ void QueueWorkload::Settle(Consumer& c, bool ack, std::vector<uint64_t> ids) {
 // Cancels the subscription (retried until applied: a cancel is idempotent), then subscribes again.
 void QueueWorkload::CancelConsumer(Consumer& c) {
   c.phase = ConsumerPhase::kCancelling;
-  c.busy = true;
+  c.busy++;
   qpb::Command cmd;
   cmd.mutable_cancel()->set_consumer_id(c.cid);
   uint64_t session = c.session;
@@ -617,6 +824,29 @@ void QueueWorkload::DropOwner(const std::string& owner) {
   Reliable(Encode(cmd), "drop-owner " + owner, 0, [](const mq::ApplyResult&) {});
 }
 
+// The leader proposes Dispatch while the state has deliveries left over (one command delivers at
+// most max_deliveries_per_apply), one at a time, as BrokerNode::MaybeProposeDispatch; without a
+// leader it looks again later, so a pending dispatch is never forgotten.
+void QueueWorkload::MaybeDispatch() {
+  if (dispatching_ || !w_.ok()) return;
+  uint64_t leader = w_.Leader();
+  if (leader != 0 && !Replica(leader).dispatch_pending()) return;
+  dispatching_ = true;
+  if (leader == 0) {
+    w_.At(w_.Now() + 50'000, [this] {
+      dispatching_ = false;
+      MaybeDispatch();
+    });
+    return;
+  }
+  qpb::Command cmd;
+  cmd.mutable_dispatch();
+  StartCall(Encode(cmd), "dispatch", leader, [this](Outcome, const mq::ApplyResult*) {
+    dispatching_ = false;
+    w_.At(w_.Now() + w_.rng().Range(1'000, 5'000), [this] { MaybeDispatch(); });
+  });
+}
+
 void QueueWorkload::OnNodeLost(uint64_t node) {
   // Commands proposed there: the proposer is gone, the outcome unknown.
   std::vector<uint64_t> lost;
@@ -624,6 +854,18 @@ void QueueWorkload::OnNodeLost(uint64_t node) {
     if (c.proposed && c.node == node) lost.push_back(id);
   }
   for (uint64_t id : lost) Resolve(id, Outcome::kUnknown, nullptr);
+  // Commands still waiting for the end of its turn were never proposed: the node layer fails
+  // them ("broker stopped") and their clients send them again.
+  Turn& turn = turns_[node];
+  std::vector<uint64_t> unsent = std::move(turn.calls);
+  turn.calls.clear();
+  turn.generation++;
+  for (uint64_t id : unsent) {
+    auto it = calls_.find(id);
+    if (it == calls_.end() || !it->second.queued || it->second.node != node) continue;
+    it->second.queued = false;
+    Retry(id, 0);
+  }
   // Its consumers are cancelled (the connection died); they subscribe again elsewhere.
   bool hosted = false;
   for (auto& c : consumers_) {
@@ -665,10 +907,42 @@ void QueueWorkload::OnNodeStarted(uint64_t node) {
 void QueueWorkload::OnCommitted(uint64_t node, uint64_t index) {
   auto it = last_.find(node);
   if (it == last_.end() || it->second.index != index) return;  // a no-op or conf change
-  ModelCommand(index, it->second.cmd, it->second.result);
-  for (const auto& d : it->second.result.deliveries) {
+  const Applied& a = it->second;
+  if (a.cmd.has_batch()) {
+    w_.stats().batches++;
+    w_.stats().batched_commands += static_cast<uint64_t>(a.cmd.batch().commands_size());
+  }
+  CheckAgainstSingles(node, index, a);
+  ForEachCommand(a.cmd, a.result, [&](const qpb::Command& cmd, const mq::ApplyResult& r) {
     if (!w_.ok()) return;
-    ModelDelivery(index, d);
+    ModelCommand(index, cmd, r);
+    for (const auto& d : r.deliveries) {
+      if (!w_.ok()) return;
+      ModelDelivery(index, d);
+    }
+  });
+}
+
+// The committed log applied one command per entry (a batch's commands one after another) must
+// decide, command for command, what the batch decided, and reach the same state after it.
+void QueueWorkload::CheckAgainstSingles(uint64_t node, uint64_t index, const Applied& a) {
+  if (a.cmd.has_batch() && a.result.batch.empty()) return;  // refused whole: nothing applied
+  int k = 0;
+  ForEachCommand(a.cmd, a.result, [&](const qpb::Command& cmd, const mq::ApplyResult& r) {
+    ++k;
+    if (!w_.ok()) return;
+    mq::ApplyResult alone = singles_.Apply(++singles_index_, Mutate(cmd));
+    if (!a.cmd.has_batch()) return;  // the same call on the same state: nothing to compare
+    std::string batched = ResultText(r), single = ResultText(alone);
+    if (batched != single) {
+      w_.Fail("batch at index " + std::to_string(index) + ": command " + std::to_string(k) +
+              " decided (" + batched + ") but alone (" + single + ")");
+    }
+  });
+  if (!w_.ok() || !a.cmd.has_batch()) return;
+  if (FingerprintOf(singles_) != fingerprint_[node]) {
+    w_.Fail("batch at index " + std::to_string(index) +
+            ": the state differs from its commands applied one by one");
   }
 }
 

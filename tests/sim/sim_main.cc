@@ -29,7 +29,8 @@ void Usage() {
   std::cerr << "usage: haven-sim [--seeds N --from S | --seed S [--trace]] [--nodes 3|5]\n"
                "                 [--steps TICKS] [--unsafe-commit-old-terms] [--figure8]\n"
                "                 [--strict-core] [--workload registry|queues]\n"
-               "                 [--queue-bug ack-keeps|requeue-drops] [--detect-leader-death]\n";
+               "                 [--queue-bug ack-keeps|requeue-drops|batch-reversed] "
+               "[--detect-leader-death]\n";
 }
 
 bool ParseNumber(const char* s, int64_t lo, int64_t hi, int64_t* out) {
@@ -87,12 +88,16 @@ bool Parse(int argc, char** argv, Args* a) {
           w == "queues" ? haven::sim::WorkloadKind::kQueues : haven::sim::WorkloadKind::kRegistry;
     } else if (f == "--queue-bug" && i + 1 < argc) {
       std::string b = argv[++i];
-      if (b != "ack-keeps" && b != "requeue-drops") {
-        std::cerr << "haven-sim: --queue-bug is ack-keeps or requeue-drops\n";
+      if (b == "ack-keeps") {
+        a->bug = haven::sim::QueueBug::kAckKeepsMessage;
+      } else if (b == "requeue-drops") {
+        a->bug = haven::sim::QueueBug::kRequeueDrops;
+      } else if (b == "batch-reversed") {
+        a->bug = haven::sim::QueueBug::kBatchReversed;
+      } else {
+        std::cerr << "haven-sim: --queue-bug is ack-keeps, requeue-drops or batch-reversed\n";
         return false;
       }
-      a->bug = b == "ack-keeps" ? haven::sim::QueueBug::kAckKeepsMessage
-                                : haven::sim::QueueBug::kRequeueDrops;
     } else {
       std::cerr << "haven-sim: unknown flag " << f << "\n";
       return false;
@@ -129,6 +134,7 @@ std::string ReplayCommand(const Args& a, const haven::sim::SimOptions& o) {
   if (a.workload == haven::sim::WorkloadKind::kQueues) cmd += " --workload queues";
   if (a.bug == haven::sim::QueueBug::kAckKeepsMessage) cmd += " --queue-bug ack-keeps";
   if (a.bug == haven::sim::QueueBug::kRequeueDrops) cmd += " --queue-bug requeue-drops";
+  if (a.bug == haven::sim::QueueBug::kBatchReversed) cmd += " --queue-bug batch-reversed";
   return cmd;
 }
 
@@ -159,6 +165,8 @@ int main(int argc, char** argv) {
     total.deliveries += r.stats.deliveries;
     total.redeliveries += r.stats.redeliveries;
     total.acks += r.stats.acks;
+    total.batches += r.stats.batches;
+    total.batched_commands += r.stats.batched_commands;
     if (!r.ok) {
       std::cout << "FAIL seed=" << o.seed << " nodes=" << o.nodes << ": " << r.reason << "\n"
                 << "replay: " << ReplayCommand(a, o) << std::endl;
@@ -171,7 +179,8 @@ int main(int argc, char** argv) {
                 << r.stats.ops_unknown << "?" << (r.stats.lin_undecided ? " lin=undecided" : "");
       if (a.workload == haven::sim::WorkloadKind::kQueues) {
         std::cout << " confirmed=" << r.stats.confirmed << " deliveries=" << r.stats.deliveries
-                  << " redeliveries=" << r.stats.redeliveries << " acks=" << r.stats.acks;
+                  << " redeliveries=" << r.stats.redeliveries << " acks=" << r.stats.acks
+                  << " batches=" << r.stats.batches << "/" << r.stats.batched_commands;
       }
       std::cout << "\n";
     }
@@ -189,7 +198,9 @@ int main(int argc, char** argv) {
               << total.ops_unknown << "?";
     if (a.workload == haven::sim::WorkloadKind::kQueues) {
       std::cout << " confirmed=" << total.confirmed << " deliveries=" << total.deliveries
-                << " redeliveries=" << total.redeliveries << " acks=" << total.acks << "\n";
+                << " redeliveries=" << total.redeliveries << " acks=" << total.acks
+                << " batches=" << total.batches << " batched_commands=" << total.batched_commands
+                << "\n";
     } else {
       std::cout << " linearizability_undecided=" << undecided << "\n";
     }

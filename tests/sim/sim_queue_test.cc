@@ -1,5 +1,6 @@
-// The queue workload under the simulator: seeds pass and replay byte for byte, and its checkers
-// bite: a state machine whose ack keeps the message, or whose requeue drops it, is caught.
+// The queue workload under the simulator: seeds pass and replay byte for byte, commands travel in
+// batches of every kind, and its checkers bite: a state machine whose ack keeps the message, whose
+// requeue drops it, or that applies a batch out of order, is caught.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -47,6 +48,36 @@ TEST(QueueWorld, SeedsPassAndMessagesFlow) {
   EXPECT_GT(redeliveries, 100u);  // requeues, cancels and crashes did return messages
 }
 
+// The nodes batch: most seeds commit Batch entries, holding commands of every kind the clients
+// and the leader send, and some seeds propose every command alone.
+TEST(QueueWorld, BatchesCarryEveryKindOfCommand) {
+  uint64_t batches = 0, batched = 0, seeds_without = 0;
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    SimResult r = RunSeed(Queues(seed), nullptr);
+    ASSERT_TRUE(r.ok) << "seed " << seed << ": " << r.reason;
+    batches += r.stats.batches;
+    batched += r.stats.batched_commands;
+    if (r.stats.confirmed > 0 && r.stats.batches == 0) seeds_without++;
+  }
+  EXPECT_GT(batches, 1000u);
+  EXPECT_GE(batched, 2 * batches);  // a batch holds 2 commands at least
+  EXPECT_GT(seeds_without, 0u);     // commands alone are still exercised
+  // Seed 2 batches up to 8 commands, and one command delivers one message (then Dispatch).
+  std::string trace = TraceOf(Queues(2));
+  EXPECT_NE(trace.find("max_deliveries_per_apply=1\n"), std::string::npos);
+  for (const char* kind :
+       {"publish", "ack", "requeue", "consume", "cancel", "dispatch", "drop-owner"}) {
+    std::string word = std::string("q-propose ") + kind + " ";
+    bool in_batch = false;
+    for (size_t at = trace.find(word); at != std::string::npos && !in_batch;
+         at = trace.find(word, at + 1)) {
+      std::string line = trace.substr(at, trace.find('\n', at) - at);
+      in_batch = line.find(" batch=") != std::string::npos;
+    }
+    EXPECT_TRUE(in_batch) << kind << " never proposed in a batch";
+  }
+}
+
 TEST(QueueWorld, SameSeedGivesByteIdenticalTrace) {
   SimOptions o = Queues(42);
   std::string a = TraceOf(o), b = TraceOf(o);
@@ -89,6 +120,11 @@ TEST(QueueBite, AckThatKeepsTheMessageIsCaught) {
   // (or, failing that, when it is still in its queue at the end).
   ExpectCaught(QueueBug::kAckKeepsMessage, "--queue-bug ack-keeps",
                {"after its ack", "still in its queue"});
+}
+
+TEST(QueueBite, BatchAppliedOutOfOrderIsCaught) {
+  // Caught at the first batch whose commands decide something else than they would alone.
+  ExpectCaught(QueueBug::kBatchReversed, "--queue-bug batch-reversed", {"alone", "one by one"});
 }
 
 TEST(QueueBite, RequeueThatDropsTheMessageIsCaught) {

@@ -58,6 +58,7 @@ enum class QueueBug {
   kNone,
   kAckKeepsMessage,  // an ack is applied as a no-op: the message stays unacked
   kRequeueDrops,     // a nack with requeue drops the message instead
+  kBatchReversed,    // a Batch's commands are applied last first (their results in that order)
 };
 
 struct SimOptions {
@@ -87,6 +88,7 @@ struct SimStats {
   uint64_t ops_ok = 0, ops_unknown = 0, lin_steps = 0;
   // Queue workload: confirmed publishes, deliveries (redelivered ones too) and acks applied.
   uint64_t confirmed = 0, deliveries = 0, redeliveries = 0, acks = 0;
+  uint64_t batches = 0, batched_commands = 0;  // committed Batch entries and their commands
   // Leader crashes and how long until the next election won (simulated time).
   uint64_t leader_crashes = 0, failovers = 0, unreachable_reports = 0;
   int64_t failover_us_total = 0, failover_us_max = 0;

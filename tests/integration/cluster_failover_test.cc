@@ -158,31 +158,14 @@ class ClusterFailoverTest : public ::testing::Test {
     return urls;
   }
 
-  struct View {
-    bool up = false;
-    bool leader = false;
-    uint64_t leader_id = 0;
-    uint64_t term = 0;
-  };
-  View Observe(int i) {
-    View v;
-    if (!node(i).running()) return v;
-    Api api(Url(i), kProbeTimeoutMs);
-    Reply r = api.Get("/metrics");
-    if (!r.ok()) return v;
-    auto leader = MetricValue(r.body, "haven_raft_is_leader");
-    if (!leader) return v;
-    v.up = true;
-    v.leader = *leader == 1;
-    v.leader_id = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_leader_id").value_or(0));
-    v.term = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_term").value_or(0));
-    return v;
+  RaftView Observe(int i) {
+    return node(i).running() ? ReadRaftView(Url(i), kProbeTimeoutMs) : RaftView{};
   }
   // The node (index) that every node of `among` follows, when they all agree.
   std::optional<int> AgreedLeader(const std::vector<int>& among) {
     std::optional<uint64_t> id;
     for (int i : among) {
-      View v = Observe(i);
+      RaftView v = Observe(i);
       if (!v.up || v.leader_id == 0 || (id && *id != v.leader_id)) return std::nullopt;
       id = v.leader_id;
     }
@@ -284,7 +267,7 @@ TEST_F(ClusterFailoverTest, SteadyWriteLoadHoldsOneTerm) {
   WaitFor(
       [&] {
         for (int i : all) {
-          View v = Observe(i);
+          RaftView v = Observe(i);
           if (v.up && v.term > max_term) {
             max_term = v.term;
             if (first_change_ms < 0) first_change_ms = NowMs() - start_ms;

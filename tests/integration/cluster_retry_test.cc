@@ -91,9 +91,9 @@ class ClusterRetryTest : public ::testing::Test {
     std::optional<int> leader;
     for (int i = 0; i < kNodes; ++i) {
       if (!nodes_[i]->running()) continue;
-      Reply r = Api(urls_[i], 1000).Get("/metrics");
-      if (!r.ok()) return std::nullopt;
-      if (MetricValue(r.body, "haven_raft_is_leader").value_or(0) != 1) continue;
+      RaftView v = ReadRaftView(urls_[i], 1000);
+      if (!v.up) return std::nullopt;
+      if (!v.leader) continue;
       if (leader) return std::nullopt;
       leader = i;
     }

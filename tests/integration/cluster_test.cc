@@ -36,16 +36,6 @@ constexpr int kMaxWritesPerThread = 20000;      // bounds what one load can prod
 constexpr int64_t kBackoffAfterRefusedMs = 20;  // a writer whose node is dead does not spin
 constexpr size_t kLogTailLines = 60;
 
-// What one node's /metrics says about Raft; `up` is false when it did not answer.
-struct RaftView {
-  bool up = false;
-  bool leader = false;
-  uint64_t leader_id = 0;
-  uint64_t term = 0;
-  uint64_t commit = 0;
-  uint64_t applied = 0;
-};
-
 // One write that was answered 200 "true".
 struct Ack {
   std::string key;
@@ -250,20 +240,7 @@ class ClusterTest : public ::testing::Test {
   static uint64_t RaftId(int i) { return static_cast<uint64_t>(i + 1); }
 
   RaftView Observe(int i) {
-    RaftView v;
-    if (!node(i).running()) return v;
-    Api api(Url(i), kProbeTimeoutMs);
-    Reply r = api.Get("/metrics");
-    if (!r.ok()) return v;
-    auto leader = MetricValue(r.body, "haven_raft_is_leader");
-    if (!leader) return v;
-    v.up = true;
-    v.leader = *leader == 1;
-    v.leader_id = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_leader_id").value_or(0));
-    v.term = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_term").value_or(0));
-    v.commit = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_commit_index").value_or(0));
-    v.applied = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_applied_index").value_or(0));
-    return v;
+    return node(i).running() ? ReadRaftView(Url(i), kProbeTimeoutMs) : RaftView{};
   }
 
   // The node among `among` that alone says it leads, when all the others there follow it.

@@ -389,6 +389,21 @@ std::optional<double> MetricValue(std::string_view text, std::string_view name) 
   return std::nullopt;
 }
 
+RaftView ReadRaftView(const std::string& base_url, int64_t timeout_ms) {
+  RaftView v;
+  Reply r = Api(base_url, timeout_ms).Get("/metrics");
+  if (!r.ok()) return v;
+  auto leader = MetricValue(r.body, "haven_raft_is_leader");
+  if (!leader) return v;
+  v.up = true;
+  v.leader = *leader == 1;
+  v.leader_id = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_leader_id").value_or(0));
+  v.term = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_term").value_or(0));
+  v.commit = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_commit_index").value_or(0));
+  v.applied = static_cast<uint64_t>(MetricValue(r.body, "haven_raft_applied_index").value_or(0));
+  return v;
+}
+
 std::string CheckStatus(Api& api, std::string_view service, std::string_view check_id) {
   Reply r = api.Get("/v1/health/checks/" + std::string(service));
   json::value v = ParseJson(r.body);

@@ -172,6 +172,19 @@ boost::json::value ParseJson(std::string_view text);
 // present.
 std::optional<double> MetricValue(std::string_view metrics_text, std::string_view name);
 
+// What one node's /metrics says about Raft; `up` is false when it did not answer.
+struct RaftView {
+  bool up = false;
+  bool leader = false;
+  uint64_t leader_id = 0;
+  uint64_t term = 0;
+  uint64_t commit = 0;
+  uint64_t applied = 0;
+};
+
+// Reads node `base_url`'s RaftView from its /metrics within `timeout_ms`.
+RaftView ReadRaftView(const std::string& base_url, int64_t timeout_ms);
+
 // Health status of check `check_id` for service `service` from /v1/health/checks/SERVICE, or ""
 // when the check is absent.
 std::string CheckStatus(Api& api, std::string_view service, std::string_view check_id);

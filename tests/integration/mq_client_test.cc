@@ -145,10 +145,8 @@ class MqClusterTest : public ::testing::Test {
           std::optional<int> found;
           for (int i = 0; i < kNodes; ++i) {
             if (!nodes_[static_cast<size_t>(i)]->running()) continue;
-            Api api("http://" + http_[static_cast<size_t>(i)], 2000);
-            Reply r = api.Get("/metrics");
-            if (!r.ok()) continue;
-            if (MetricValue(r.body, "haven_raft_is_leader").value_or(0) == 1) {
+            RaftView v = ReadRaftView("http://" + http_[static_cast<size_t>(i)], 2000);
+            if (v.leader) {
               if (found) return false;
               found = i;
             }

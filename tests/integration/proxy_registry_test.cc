@@ -171,17 +171,16 @@ class ProxyRegistryClusterTest : public ::testing::Test {
   // The node every live node agrees leads (-1 while there is none).
   int AgreedLeader() {
     int leader = -1;
-    std::vector<double> ids;
+    std::vector<uint64_t> ids;
     for (int i = 0; i < kNodes; ++i) {
       if (!nodes_[static_cast<size_t>(i)]->running()) continue;
-      Reply r = Api(urls_[static_cast<size_t>(i)], 1000).Get("/metrics");
-      auto is_leader = MetricValue(r.body, "haven_raft_is_leader");
-      if (!r.ok() || !is_leader) return -1;
-      if (*is_leader == 1) leader = i;
-      ids.push_back(MetricValue(r.body, "haven_raft_leader_id").value_or(0));
+      RaftView v = ReadRaftView(urls_[static_cast<size_t>(i)], 1000);
+      if (!v.up) return -1;
+      if (v.leader) leader = i;
+      ids.push_back(v.leader_id);
     }
-    for (double id : ids) {
-      if (leader < 0 || id != leader + 1) return -1;
+    for (uint64_t id : ids) {
+      if (leader < 0 || id != static_cast<uint64_t>(leader) + 1) return -1;
     }
     return leader;
   }

@@ -35,9 +35,9 @@ TEST_F(HealthTtlTest, HeartbeatExpiryAndReap) {
   EXPECT_EQ(CheckStatus(*api_, "web", check), "critical");
   EXPECT_FALSE(PassingListsInstance(*api_, "web", "web1"));
 
+  const int64_t beat_sent = NowMs();  // the server's TTL starts no earlier than this
   Reply pass = api_->Put("/v1/agent/check/pass/" + check + "?note=ok");
   ASSERT_EQ(pass.status, 200) << pass.body;
-  const int64_t last_beat = NowMs();
   EXPECT_EQ(CheckStatus(*api_, "web", check), "passing");
   EXPECT_TRUE(PassingListsInstance(*api_, "web", "web1"));
 
@@ -47,15 +47,18 @@ TEST_F(HealthTtlTest, HeartbeatExpiryAndReap) {
 
   // No more heartbeats: critical after about the TTL (1 s), not long before it.
   ASSERT_TRUE(WaitFor([&] { return CheckStatus(*api_, "web", check) == "critical"; }, 2500, 20));
-  const int64_t critical_after = NowMs() - last_beat;
+  const int64_t critical_after = NowMs() - beat_sent;
   EXPECT_GE(critical_after, 700) << "went critical before its TTL";
   EXPECT_FALSE(PassingListsInstance(*api_, "web", "web1"));
 
-  // Critical for DeregisterCriticalServiceAfter (2 s): reaped from the catalog.
+  // Critical for DeregisterCriticalServiceAfter (2 s): reaped from the catalog. The lower bound
+  // counts from the heartbeat, not from when this test saw the check critical: a server stalled
+  // for a second (a slow fsync on a busy machine) turns critical on time but is seen late.
   const int64_t critical_at = NowMs();
   ASSERT_TRUE(WaitFor([&] { return CatalogCount(*api_, "web") == 0; }, 2000 + 3000, 50))
       << "still registered " << NowMs() - critical_at << " ms after going critical";
-  EXPECT_GE(NowMs() - critical_at + 200, 1500) << "reaped before DeregisterCriticalServiceAfter";
+  EXPECT_GE(NowMs() - beat_sent + 200, 1000 + 2000)
+      << "reaped before TTL + DeregisterCriticalServiceAfter after the last heartbeat";
   EXPECT_EQ(CheckStatus(*api_, "web", check), "");
 }
 

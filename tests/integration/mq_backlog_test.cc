@@ -59,6 +59,15 @@ void ConsumeInOrder(client::Consumer& consumer, uint64_t& next, uint64_t until) 
   }
 }
 
+// A consumer of the backlog queue at `amqp` (before and after the restart alike).
+client::ConsumerOptions BacklogConsumer(const std::string& amqp) {
+  client::ConsumerOptions co;
+  co.addresses = {amqp};
+  co.queue = "backlog";
+  co.prefetch = 500;
+  return co;
+}
+
 TEST(MqBacklogTest, BacklogWaitsOnDiskSurvivesSigkillAndDrainsInOrder) {
   auto ports = PickFreePorts(1);
   ASSERT_TRUE(ports.ok()) << ports.status().ToString();
@@ -91,11 +100,7 @@ TEST(MqBacklogTest, BacklogWaitsOnDiskSurvivesSigkillAndDrainsInOrder) {
 
   uint64_t next = 0;
   {
-    client::ConsumerOptions co;
-    co.addresses = {amqp};
-    co.queue = "backlog";
-    co.prefetch = 500;
-    client::Consumer consumer(co);
+    client::Consumer consumer(BacklogConsumer(amqp));
     ASSERT_TRUE(consumer.Connect().ok());
     ASSERT_NO_FATAL_FAILURE(ConsumeInOrder(consumer, next, kConsumedBeforeKill));
     ASSERT_TRUE(server.Kill().ok());  // mid-backlog, acks and deliveries in flight
@@ -106,11 +111,7 @@ TEST(MqBacklogTest, BacklogWaitsOnDiskSurvivesSigkillAndDrainsInOrder) {
   std::cout << "[mq-backlog] rss after the restart " << restarted_kib << " KiB\n";
   EXPECT_LT(restarted_kib, idle_kib + kMaxGrowthAfterRestartKiB);
 
-  client::ConsumerOptions co;
-  co.addresses = {amqp};
-  co.queue = "backlog";
-  co.prefetch = 500;
-  client::Consumer consumer(co);
+  client::Consumer consumer(BacklogConsumer(amqp));
   ASSERT_TRUE(consumer.Connect().ok());
   const int64_t drain_start = NowMs();
   ASSERT_NO_FATAL_FAILURE(ConsumeInOrder(consumer, next, kMessages));
